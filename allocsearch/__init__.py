@@ -1,0 +1,29 @@
+"""allocsearch: find the best per-layer sparsity allocation of a model under a FLOPs or memory budget.
+
+Example:
+    >>> import allocsearch
+    >>> result = allocsearch.search("flops=0.5", method="uniform", seed=0)
+    >>> result.cost["flops_ratio"], result.fitness, result.heldout
+"""
+
+from .budget import Budget
+from .compose import Composer
+from .cost import CostModel
+from .errors import AllocSearchError, BudgetError, ConfigError, InputFileError, ModelLoadError, SpaceError
+from .evaluator import Evaluator, EvaluatorConfig
+from .export import export, load_pruned
+from .pipeline import RunConfig, Session, search
+from .result import Result
+from .runners import InProcessRunner, Runner, error_table
+from .searchers import SEARCHERS, Problem, Searcher
+from .space import LevelGrid, SearchSpace, Unit
+from .supernet import Supernet, SupernetConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllocSearchError", "Budget", "BudgetError", "Composer", "ConfigError", "CostModel", "Evaluator",
+    "EvaluatorConfig", "InProcessRunner", "InputFileError", "LevelGrid", "ModelLoadError", "Problem", "Result",
+    "RunConfig", "Runner", "SEARCHERS", "SearchSpace", "Searcher", "Session", "SpaceError", "Supernet",
+    "SupernetConfig", "Unit", "error_table", "export", "load_pruned", "search",
+]

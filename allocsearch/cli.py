@@ -1,0 +1,146 @@
+"""The `allocsearch` command line: search, export, info.
+
+User mistakes print one line, `allocsearch: error: ...`, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from .errors import AllocSearchError
+from .pipeline import RunConfig, Session, search
+from .searchers import SEARCHERS
+
+
+def _fraction(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and search space")
+    g.add_argument("--model", help="hub id or local directory (from_pretrained); default: the embedded model")
+    g.add_argument("--granularity", choices=["structured", "unstructured"], default="structured")
+    g.add_argument("--space", help="family name (gpt2, opt, llama, bert) or your own YAML file")
+    g.add_argument("--grid-step", type=_fraction, default=1 / 16, help="level grid step (default 1/16)")
+    g.add_argument("--max-level", type=_fraction, help="largest removed fraction (default 1.0 / 0.95)")
+    g.add_argument("--channel-multiple", type=int, default=1, help="remove MLP channels in multiples of this")
+    g.add_argument("--seq-len", type=int, default=128, help="tokens per window; FLOPs are per token at this length")
+    g.add_argument("--cache", dest="cache_dir", help="cache directory (default $ALLOCSEARCH_CACHE or ~/.cache/allocsearch)")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per evaluation (results depend on it)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pruning and data")
+    g.add_argument("--criterion", choices=["magnitude", "wanda", "lsq"],
+                   help="local pruning criterion (default lsq structured, wanda unstructured)")
+    g.add_argument("--calib", help="calibration text, UTF-8, one document per line (default: built-in text)")
+    g.add_argument("--heldout", help="held-out text, same format (default: built-in text)")
+    g.add_argument("--calib-sequences", type=int, default=128)
+    g.add_argument("--heldout-sequences", type=int, default=128)
+    g.add_argument("--calib-from", type=_fraction,
+                   help="build each block from activations of the model pruned at this level (default: dense)")
+    g.add_argument("--damp", type=float, default=0.01, help="damping of the least-squares refit")
+    g.add_argument("--batch-size", type=int, default=16)
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    names = {f.name for f in fields(RunConfig)}
+    return RunConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="allocsearch", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("search", help="search an allocation within a budget")
+    p.add_argument("--budget", action="append", required=True,
+                   help="flops=0.5, params=0.4, memory=300MB (fraction of dense or absolute); repeatable")
+    p.add_argument("--method", default="uniform", help=f"searcher: {', '.join(SEARCHERS)}")
+    p.add_argument("--seed", type=int, help="makes the search reproducible (default: drawn and recorded)")
+    p.add_argument("--out", default="result.json", help="result file (default result.json)")
+    p.add_argument("--export", dest="export_dir", help="also write the pruned model to this directory")
+    _add_model_options(p)
+    _add_data_options(p)
+
+    p = commands.add_parser("export", help="write the pruned model of a result")
+    p.add_argument("--result", required=True, help="result.json written by search")
+    p.add_argument("--model", help="the model the search used, when it is not where it was")
+    p.add_argument("--out", required=True, help="output directory")
+
+    p = commands.add_parser("info", help="units, levels and dense costs of a model's search space")
+    p.add_argument("--errors", action="store_true", help="also compute the error table E[unit, level]")
+    _add_model_options(p)
+    _add_data_options(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "search":
+            return _search(args)
+        if args.command == "export":
+            from .export import export
+
+            out = export(args.result, args.out, model=args.model, progress=not args.quiet)
+            print(f"pruned model -> {out}  (load it with allocsearch.load_pruned({str(out)!r}))")
+            return 0
+        return _info(args)
+    except AllocSearchError as exc:
+        print(f"allocsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("allocsearch: interrupted; finished caches are kept and reused next time", file=sys.stderr)
+        return 130
+
+
+def _search(args: argparse.Namespace) -> int:
+    session = Session(_run_config(args), progress=not args.quiet)
+    result = search(args.budget, method=args.method, seed=args.seed, session=session, out=args.out,
+                    export_dir=args.export_dir)
+    lm = session.space.task == "causal_lm"
+    score = "held-out ppl" if lm else "held-out cosine"
+    metric = "KL to dense" if lm else "NMSE to dense"
+    print(f"\n{result.method} at {','.join(args.budget)} on {session.space.family} ({session.space.granularity}, "
+          f"{session.space.n_units} units, seed {result.seed}, {result.evaluations} evaluations, {result.seconds:.1f} s)")
+    print(f"{'':10}{metric:>14}{score:>17}{'FLOPs ratio':>13}{'params ratio':>14}")
+    print(f"{'dense':10}{0.0:>14.4f}{result.dense_heldout:>17.4f}{1.0:>13.3f}{1.0:>14.3f}")
+    print(f"{result.method:10}{result.fitness:>14.4f}{result.heldout:>17.4f}{result.cost['flops_ratio']:>13.3f}"
+          f"{result.cost['params_ratio']:>14.3f}")
+    print("\nremoved fraction per unit:")
+    for name, fraction in result.allocation.items():
+        print(f"  {name:40} {fraction:6.3f}")
+    print(f"\nresult -> {args.out}" + (f"; pruned model -> {args.export_dir}" if args.export_dir else ""))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    session = Session(_run_config(args), progress=not args.quiet)
+    space, costs = session.space, session.costs
+    dense, const = costs.dense, costs.constant
+    print(f"model {session.model_path}: family {space.family}, task {space.task}, {space.granularity}, "
+          f"{space.n_units} units, space id {space.id}")
+    print(f"dense: {dense['flops']:.4g} FLOPs/token at seq_len {costs.seq_len}, {dense['params']:.4g} params, "
+          f"{dense['bytes'] / 1e6:.2f} MB; outside units: {const['flops'] / dense['flops']:.1%} of FLOPs, "
+          f"{const['params'] / dense['params']:.1%} of params")
+    errors = session.error_table() if args.errors else None
+    print(f"{'unit':40}{'groups':>8}{'levels':>8}{'FLOPs share':>13}  removed fractions" +
+          ("  | error per level" if errors is not None else ""))
+    for u, unit in enumerate(space.units):
+        line = (f"{unit.name:40}{unit.groups:>8}{unit.n_levels:>8}{costs.tables['flops'][u, 0] / dense['flops']:>13.1%}  "
+                f"{' '.join(f'{f:.3g}' for f in unit.fractions)}")
+        if errors is not None:
+            line += "  | " + " ".join(f"{e:.3g}" for e in errors[u, : unit.n_levels])
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The pipeline end to end: model -> space -> costs -> supernet -> evaluator -> searcher -> result.
+
+`RunConfig` holds every setting that shapes a run (saved with each result); `Session` builds the
+pieces lazily from it, once each; `search()` runs a searcher through a runner and returns a `Result`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .budget import Budget
+from .compose import Composer
+from .cost import CostModel
+from .data import builtin_documents, read_documents, token_windows
+from .errors import ConfigError
+from .evaluator import Evaluator, EvaluatorConfig
+from .models import load_model, load_tokenizer
+from .result import Result
+from .runners import InProcessRunner, Runner, error_table
+from .searchers import Problem, Searcher, get_searcher
+from .space import LevelGrid, SearchSpace
+from .supernet import Supernet, SupernetConfig
+
+
+def default_cache_dir() -> Path:
+    """`$ALLOCSEARCH_CACHE`, else `~/.cache/allocsearch`."""
+    return Path(os.environ.get("ALLOCSEARCH_CACHE") or Path.home() / ".cache" / "allocsearch")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run but the budget, method and seed.
+
+    Args:
+        model: hub id or local directory; None uses the embedded default model.
+        granularity: `structured` (heads and channels) or `unstructured` (weights of each layer).
+        space: a family name or a YAML file; None picks the family from the model's type.
+        criterion: `magnitude`, `wanda` or `lsq`; None: `lsq` structured, `wanda` unstructured.
+        grid_step, max_level, channel_multiple: the level grid (see `LevelGrid`).
+        calib, heldout: text files, one document per line; None uses the built-in text.
+        calib_sequences, heldout_sequences, seq_len: how much text, in windows of `seq_len` tokens;
+            FLOPs are counted per token at `seq_len`.
+        calib_from: None feeds each block dense activations while building the cache; a fraction
+            feeds it those of the model pruned uniformly at that level.
+        damp: damping of the least-squares refit.
+        threads: torch threads of every build and evaluation (results depend on it).
+        batch_size: sequences per forward.
+        device: `auto` (a GPU when there is one), `cpu`, `cuda`, ...
+        cache_dir: where caches live; None: `$ALLOCSEARCH_CACHE` or `~/.cache/allocsearch`.
+    """
+
+    model: str | None = None
+    granularity: str = "structured"
+    space: str | None = None
+    criterion: str | None = None
+    grid_step: float = 1 / 16
+    max_level: float | None = None
+    channel_multiple: int = 1
+    calib: str | None = None
+    heldout: str | None = None
+    calib_sequences: int = 128
+    heldout_sequences: int = 128
+    seq_len: int = 128
+    calib_from: float | None = None
+    damp: float = 0.01
+    threads: int = 1
+    batch_size: int = 16
+    device: str = "auto"
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("calib_sequences", "heldout_sequences", "seq_len", "threads", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class Session:
+    """The pieces of one run, each built on first use and kept.
+
+    Example:
+        >>> session = Session(RunConfig(granularity="structured"))
+        >>> session.space.n_units, session.costs.dense["flops"]
+        (12, 2.4e6)
+    """
+
+    def __init__(self, config: RunConfig = RunConfig(), *, progress: bool = True) -> None:
+        self.config, self.progress = config, progress
+
+    @cached_property
+    def cache_dir(self) -> Path:
+        return Path(self.config.cache_dir).expanduser() if self.config.cache_dir else default_cache_dir()
+
+    @cached_property
+    def model_path(self) -> str:
+        if self.config.model is not None:
+            return self.config.model
+        from .default_model import default_model_dir
+
+        return str(default_model_dir(self.cache_dir, progress=self.progress))
+
+    @cached_property
+    def device(self) -> torch.device:
+        if self.config.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            return torch.device(self.config.device)
+        except RuntimeError:
+            raise ConfigError(f"device={self.config.device!r} is not a torch device; use auto, cpu or cuda") from None
+
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        """The model, dense until the composer changes it."""
+        model, _ = load_model(self.model_path, space=self.config.space)
+        return model.to(self.device)
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.model_path)
+
+    @cached_property
+    def space(self) -> SearchSpace:
+        grid = LevelGrid(self.config.grid_step, self.config.max_level, self.config.channel_multiple)
+        return SearchSpace.from_model(self.model, granularity=self.config.granularity, space=self.config.space,
+                                      grid=grid)
+
+    @cached_property
+    def seq_len(self) -> int:
+        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+        if limit is not None and self.config.seq_len > limit:
+            raise ConfigError(f"seq_len={self.config.seq_len} exceeds the model's {limit} positions; lower it")
+        return self.config.seq_len
+
+    @cached_property
+    def costs(self) -> CostModel:
+        return CostModel.from_model(self.model, self.space, seq_len=self.seq_len)
+
+    def _tokens(self, path: str | None, split: str, count: int, argument: str) -> torch.Tensor:
+        documents = read_documents(path, argument=argument) if path else builtin_documents(split)
+        return token_windows(documents, self.tokenizer, seq_len=self.seq_len, count=count,
+                             encoder=self.space.task == "encoder", argument=argument)
+
+    @cached_property
+    def calib_tokens(self) -> torch.Tensor:
+        return self._tokens(self.config.calib, "calib", self.config.calib_sequences, "--calib")
+
+    @cached_property
+    def heldout_tokens(self) -> torch.Tensor:
+        return self._tokens(self.config.heldout, "heldout", self.config.heldout_sequences, "--heldout")
+
+    @cached_property
+    def supernet(self) -> Supernet:
+        config = SupernetConfig(criterion=self.config.criterion, damp=self.config.damp,
+                                calib_from=self.config.calib_from, batch_size=self.config.batch_size,
+                                threads=self.config.threads)
+        return Supernet.build_or_load(self.model, self.space, self.calib_tokens.to(self.device),
+                                      cache_dir=self.cache_dir, config=config, progress=self.progress)
+
+    @cached_property
+    def composer(self) -> Composer:
+        return Composer(self.model, self.space, self.supernet)
+
+    @cached_property
+    def evaluator(self) -> Evaluator:
+        config = EvaluatorConfig(batch_size=self.config.batch_size, threads=self.config.threads)
+        return Evaluator(self.composer, self.calib_tokens, self.heldout_tokens, task=self.space.task,
+                         config=config, key=f"{self.supernet.key}:{self.device.type}")
+
+    def error_table(self, runner: Runner | None = None, fidelity: float = 1.0) -> np.ndarray:
+        """`E[u, k]` (see `runners.error_table`), cached beside the supernet.  # (units, max_levels)"""
+        path = self.supernet.path / f"errors-{self.evaluator.key}-{fidelity:g}.npy"
+        if path.is_file():
+            return np.load(path)
+        table = error_table(runner or InProcessRunner(self.evaluator), self.space.n_levels, fidelity=fidelity,
+                            progress=self.progress)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, table)
+        os.replace(tmp, path)
+        return table
+
+
+def _draw_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (2**31))
+
+
+def run_searcher(searcher: Searcher, runner: Runner, *, batch: int = 64) -> list[dict]:
+    """The search loop: ask, evaluate through the runner, tell, until the searcher is done.
+
+    Returns the history: every evaluated allocation with its fidelity and fitness.
+    """
+    history = []
+    while not searcher.done:
+        allocations = searcher.ask(batch)
+        if not allocations:
+            break
+        fidelity = searcher.fidelity
+        fitnesses = runner.evaluate(allocations, fidelity)
+        searcher.tell(allocations, fitnesses)
+        history += [{"levels": np.asarray(a).tolist(), "fidelity": fidelity, "fitness": f}
+                    for a, f in zip(allocations, fitnesses)]
+    return history
+
+
+def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: int | None = None,
+           config: RunConfig | None = None, runner: Runner | None = None, out: str | Path | None = None,
+           export_dir: str | Path | None = None, progress: bool = True, session: Session | None = None,
+           **options) -> Result:
+    """Search an allocation within `budget` and measure it.
+
+    Args:
+        budget: a `Budget` or strings like `"flops=0.5"`.
+        method: a searcher name (`uniform`, ...).
+        seed: makes the search reproducible; None draws one (recorded in the result).
+        config: a `RunConfig`; or give its fields as keyword `options` (`model="gpt2"`, ...).
+        runner: evaluates candidates; None evaluates in this process.
+        out: write the result JSON here.
+        export_dir: write the pruned model here.
+        session: reuse a `Session` (its config wins over `config` and `options`).
+
+    Example:
+        >>> result = allocsearch.search("flops=0.5", method="uniform", seed=0)
+        >>> result.cost["flops_ratio"], result.heldout
+    """
+    start = time.perf_counter()
+    if session is None:
+        if config is not None and options:
+            raise ConfigError(f"give either config= or keyword options, not both (got {sorted(options)})")
+        session = Session(config or RunConfig(**options), progress=progress)
+    budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+    seed = _draw_seed() if seed is None else int(seed)
+    searcher_class = get_searcher(method)
+    limits = budget.limits(session.costs)
+    runner = runner or InProcessRunner(session.evaluator)
+    errors = session.error_table(runner) if searcher_class.needs_errors else None
+    searcher = searcher_class(Problem(session.space, session.costs, limits, errors), seed=seed)
+    history = run_searcher(searcher, runner)
+    levels = searcher.best_levels
+    if levels is None or not searcher.problem.feasible(levels):
+        raise RuntimeError(f"searcher {method} returned no allocation within the limits")
+    result = make_result(session, method, budget, levels, searcher.best_fitness, seed, history,
+                         time.perf_counter() - start)
+    if out is not None:
+        result.save(out)
+    if export_dir is not None:
+        from .export import export_levels
+
+        export_levels(session, levels, export_dir, result)
+    return result
+
+
+def make_result(session: Session, method: str, budget: Budget, levels: np.ndarray, fitness: float, seed: int,
+                history: list[dict], seconds: float) -> Result:
+    space, costs, evaluator = session.space, session.costs, session.evaluator
+    total, ratios = costs.total(levels), costs.ratios(levels)
+    cost = {"flops": total["flops"], "flops_ratio": ratios["flops"], "params": total["params"],
+            "params_ratio": ratios["params"], "bytes": total["bytes"], "bytes_ratio": ratios["bytes"],
+            "seq_len": costs.seq_len}
+    return Result(
+        method=method, budget=budget.to_dict(), allocation=space.allocation_dict(levels),
+        levels=space.levels_dict(levels), cost=cost, fitness=float(fitness), heldout=evaluator.heldout(levels),
+        dense_heldout=evaluator.dense_heldout, seed=seed, evaluations=len(history),
+        config=asdict(session.config), space={k: v for k, v in space.to_dict().items() if k != "spec"},
+        seconds=round(seconds, 2), history=history,
+    )
+
+

@@ -1,0 +1,1 @@
+"""Search spaces, one YAML file per model family (installed as `allocsearch.searchspaces`)."""
