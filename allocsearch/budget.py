@@ -19,7 +19,7 @@ from .errors import BudgetError
 KINDS = {"flops": "flops", "params": "params", "memory": "bytes"}  # budget kind -> cost metric
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-_NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?"
+_NUMBER = r"[+-]?[0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?"
 
 
 def _parse_value(kind: str, value: float | int | str) -> float:

@@ -33,6 +33,8 @@ class VariantSource(Protocol):
 class Composer:
     """Applies allocations to a model in place; remembers the dense parameters to restore them.
 
+    Make it while the model is dense, and let it be the only thing that changes the model.
+
     Example:
         >>> composer = Composer(model, space, supernet)
         >>> composer.apply(levels)       # model now computes the candidate

@@ -35,7 +35,7 @@ class TrainConfig:
     n_inner: int = 512
     seq_len: int = 128
     batch: int = 32
-    steps: int = 360
+    steps: int = 320
     lr: float = 3e-3
     weight_decay: float = 0.1
     seed: int = 0
@@ -72,7 +72,7 @@ def train_default_model(train: torch.Tensor, config: TrainConfig, *, progress: b
         model_config = GPT2Config(
             vocab_size=256, n_positions=config.seq_len, n_embd=config.n_embd, n_layer=config.n_layer,
             n_head=config.n_head, n_inner=config.n_inner, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            bos_token_id=10, eos_token_id=10, pad_token_id=10,
+            bos_token_id=10, eos_token_id=10, loss_type="ForCausalLM",
         )
         model = GPT2LMHeadModel(model_config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),

@@ -170,6 +170,8 @@ class Session:
 
     @cached_property
     def composer(self) -> Composer:
+        """Changes the model; what reads the dense model (costs, cache key) is built before it."""
+        _ = self.costs, self.supernet
         return Composer(self.model, self.space, self.supernet)
 
     @cached_property

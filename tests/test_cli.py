@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from allocsearch import load_pruned
+from allocsearch.cli import main
+
+RESULT_KEYS = {"method", "budget", "allocation", "levels", "cost", "fitness", "heldout", "seed", "evaluations",
+               "config"}
+
+
+def tiny_args(model_dirs, cache_dir, family="gpt2"):
+    return ["--model", str(model_dirs[family]), "--seq-len", "16", "--calib-sequences", "8",
+            "--heldout-sequences", "8", "--cache", str(cache_dir), "--device", "cpu"]
+
+
+def test_search_prints_the_table_and_writes_result_and_model(model_dirs, cache_dir, tmp_path, capsys):
+    out, export = tmp_path / "result.json", tmp_path / "pruned"
+    code = main(["-q", "search", "--budget", "flops=0.5", "--seed", "3", "--out", str(out), "--export", str(export),
+                 *tiny_args(model_dirs, cache_dir)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "KL to dense" in printed and "held-out ppl" in printed and "FLOPs ratio" in printed
+    result = json.loads(out.read_text())
+    assert RESULT_KEYS <= set(result)
+    assert {"flops", "flops_ratio", "params", "params_ratio", "bytes"} <= set(result["cost"])
+    assert result["cost"]["flops_ratio"] <= 0.5 and result["seed"] == 3 and result["method"] == "uniform"
+    assert f"{result['cost']['flops_ratio']:.3f}" in printed
+    assert load_pruned(export) is not None
+
+
+def test_several_budgets_at_once(model_dirs, cache_dir, tmp_path):
+    out = tmp_path / "result.json"
+    assert main(["-q", "search", "--budget", "flops=0.8", "--budget", "params=0.5", "--out", str(out),
+                 *tiny_args(model_dirs, cache_dir, "llama")]) == 0
+    cost = json.loads(out.read_text())["cost"]
+    assert cost["flops_ratio"] <= 0.8 and cost["params_ratio"] <= 0.5
+
+
+def test_encoder_and_unstructured_and_user_text(model_dirs, cache_dir, tmp_path, capsys):
+    calib, heldout = tmp_path / "calib.txt", tmp_path / "heldout.txt"
+    calib.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog" for i in range(60)))
+    heldout.write_text("\n".join(f"row {i}: pack my box with five dozen liquor jugs" for i in range(60)))
+    out = tmp_path / "result.json"
+    assert main(["-q", "search", "--budget", "params=0.6", "--granularity", "unstructured", "--calib", str(calib),
+                 "--heldout", str(heldout), "--out", str(out), *tiny_args(model_dirs, cache_dir, "bert")]) == 0
+    assert "held-out cosine" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["config"]["calib"] == str(calib) and 0 < result["heldout"] < 1
+
+
+def test_info_lists_units_levels_and_costs(model_dirs, cache_dir, capsys):
+    assert main(["-q", "info", "--errors", *tiny_args(model_dirs, cache_dir, "llama")]) == 0
+    printed = capsys.readouterr().out
+    assert "family llama" in printed and "model.layers.1.channels" in printed and "error per level" in printed
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "ALLOCSEARCH_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "allocsearch.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--budget", "flops=lots"], "budget flops='lots' is not a number"),
+    (["--budget", "flops=0.5", "--method", "annealing"], "method='annealing' is unknown; choose one of"),
+    (["--budget", "flops=0.5", "--calib", "missing.txt"], "--calib 'missing.txt': no such file"),
+    (["--budget", "flops=0.5", "--space", "mamba"], "space='mamba' is not a known family; known families"),
+    (["--budget", "flops=0.01"], "below the smallest reachable cost"),
+])
+def test_user_errors_exit_2_with_one_line(args, message, model_dirs, cache_dir, tmp_path):
+    done = run_cli("search", *args, *tiny_args(model_dirs, cache_dir), "--out", str(tmp_path / "r.json"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_missing_model_directory_is_a_user_error(tmp_path):
+    done = run_cli("info", "--model", str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "could not be loaded" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_same_seed_same_result_in_fresh_processes(model_dirs, tmp_path):
+    results = []
+    for run in ("a", "b"):
+        out = tmp_path / f"{run}.json"
+        done = run_cli("search", "--budget", "flops=0.45", "--seed", "7", "--out", str(out),
+                       *tiny_args(model_dirs, tmp_path / f"cache-{run}", "qwen2"))
+        assert done.returncode == 0, done.stderr
+        result = json.loads(out.read_text())
+        result.pop("seconds")
+        result["config"].pop("cache_dir")
+        results.append(result)
+    assert results[0] == results[1]
