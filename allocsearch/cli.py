@@ -6,6 +6,7 @@ User mistakes print one line, `allocsearch: error: ...`, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import fields
 
@@ -33,6 +34,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", dest="cache_dir", help="cache directory (default $ALLOCSEARCH_CACHE or ~/.cache/allocsearch)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, default=1, help="torch threads per evaluation (results depend on it)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -83,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr(quiet=args.quiet)
     try:
         if args.command == "search":
             return _search(args)
@@ -101,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _log_to_stderr(quiet: bool) -> None:
+    logger = logging.getLogger("allocsearch")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("allocsearch: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def _search(args: argparse.Namespace) -> int:
     session = Session(_run_config(args), progress=not args.quiet)
     result = search(args.budget, method=args.method, seed=args.seed, session=session, out=args.out,
@@ -108,8 +120,9 @@ def _search(args: argparse.Namespace) -> int:
     lm = session.space.task == "causal_lm"
     score = "held-out ppl" if lm else "held-out cosine"
     metric = "KL to dense" if lm else "NMSE to dense"
-    print(f"\n{result.method} at {','.join(args.budget)} on {session.space.family} ({session.space.granularity}, "
-          f"{session.space.n_units} units, seed {result.seed}, {result.evaluations} evaluations, {result.seconds:.1f} s)")
+    print(f"\n{result.method} at {','.join(args.budget)} on {session.space.family}, {session.space.granularity}: "
+          f"{session.space.n_units} units, {result.evaluations} candidate(s) evaluated, seed {result.seed}, "
+          f"{result.seconds:.1f} s in all")
     print(f"{'':10}{metric:>14}{score:>17}{'FLOPs ratio':>13}{'params ratio':>14}")
     print(f"{'dense':10}{0.0:>14.4f}{result.dense_heldout:>17.4f}{1.0:>13.3f}{1.0:>14.3f}")
     print(f"{result.method:10}{result.fitness:>14.4f}{result.heldout:>17.4f}{result.cost['flops_ratio']:>13.3f}"

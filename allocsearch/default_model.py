@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +24,8 @@ from ._torch import torch_threads
 from .data import ByteTokenizer, builtin_documents, encode_stream
 from .models import save_tokenizer
 from ._progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ def default_model_dir(cache_dir: str | Path, config: TrainConfig = TrainConfig()
     path = Path(cache_dir) / "default-model" / key
     if (path / "training.json").is_file():
         return path
+    log.info("training the embedded default model once (about two minutes on two cores); it is cached in %s", path)
     with _io.atomic_directory(path) as tmp:
         model, report = train_default_model(train, config, progress=progress)
         model.save_pretrained(tmp)

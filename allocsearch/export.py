@@ -11,6 +11,7 @@ its forward has the original model's signature and outputs.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,23 @@ from torch import nn
 
 from . import _io
 from .compose import Composer
-from .errors import InputFileError, SpaceError
+from .errors import ConfigError, InputFileError, SpaceError
 from .models import save_tokenizer
 from .pipeline import RunConfig, Session
 from .result import Result
 from .space import LevelGrid, SearchSpace
 
 FORMAT = 1
+log = logging.getLogger(__name__)
+
+
+def check_export_dir(out_dir: str | Path) -> Path:
+    """Refuse to replace a directory that holds anything but an earlier export."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "allocation.json").is_file())):
+        raise ConfigError(f"export directory {str(out_dir)!r} exists and is not an allocsearch export; "
+                          "pass a new or empty directory (an earlier export there is replaced)")
+    return out_dir
 
 
 def export_levels(session: Session, levels: np.ndarray, out_dir: str | Path, result: Result | None = None) -> Path:
@@ -39,7 +50,7 @@ def export_levels(session: Session, levels: np.ndarray, out_dir: str | Path, res
             "grid": space.to_dict()["grid"], "levels": space.levels_dict(levels),
             "allocation": space.allocation_dict(levels), "kept_groups": kept,
             "cost": session.costs.ratios(levels)}
-    out_dir = Path(out_dir)
+    out_dir = check_export_dir(out_dir)
     with _io.atomic_directory(out_dir) as tmp:
         save_model(session.model, str(tmp / "model.safetensors"))
         session.model.config.save_pretrained(tmp)
@@ -48,6 +59,7 @@ def export_levels(session: Session, levels: np.ndarray, out_dir: str | Path, res
         _io.write_text(tmp / "space.yaml", yaml.safe_dump(space.spec, sort_keys=False))
         if result is not None:
             result.save(tmp / "result.json")
+    log.info("pruned model written to %s", out_dir)
     return out_dir
 
 

@@ -6,6 +6,7 @@ pieces lazily from it, once each; `search()` runs a searcher through a runner an
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -27,6 +28,10 @@ from .runners import InProcessRunner, Runner, error_table
 from .searchers import Problem, Searcher, get_searcher
 from .space import LevelGrid, SearchSpace
 from .supernet import Supernet, SupernetConfig
+
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def default_cache_dir() -> Path:
@@ -53,6 +58,7 @@ class RunConfig:
         threads: torch threads of every build and evaluation (results depend on it).
         batch_size: sequences per forward.
         device: `auto` (a GPU when there is one), `cpu`, `cuda`, ...
+        dtype: `float32`, `bfloat16` or `float16`: the weights' type while evaluating and exporting.
         cache_dir: where caches live; None: `$ALLOCSEARCH_CACHE` or `~/.cache/allocsearch`.
     """
 
@@ -73,9 +79,12 @@ class RunConfig:
     threads: int = 1
     batch_size: int = 16
     device: str = "auto"
+    dtype: str = "float32"
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r} must be one of {', '.join(DTYPES)}")
         for name in ("calib_sequences", "heldout_sequences", "seq_len", "threads", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -123,7 +132,7 @@ class Session:
     @cached_property
     def model(self) -> torch.nn.Module:
         """The model, dense until the composer changes it."""
-        model, _ = load_model(self.model_path, space=self.config.space)
+        model, _ = load_model(self.model_path, space=self.config.space, dtype=DTYPES[self.config.dtype])
         return model.to(self.device)
 
     @cached_property
@@ -184,7 +193,10 @@ class Session:
         """`E[u, k]` (see `runners.error_table`), cached beside the supernet.  # (units, max_levels)"""
         path = self.supernet.path / f"errors-{self.evaluator.key}-{fidelity:g}.npy"
         if path.is_file():
+            log.info("error table read from %s", path)
             return np.load(path)
+        log.info("computing the error table: %d single-unit candidates",
+                 int((self.space.n_levels - 1).sum()))
         table = error_table(runner or InProcessRunner(self.evaluator), self.space.n_levels, fidelity=fidelity,
                             progress=self.progress)
         tmp = path.with_suffix(".tmp.npy")
@@ -236,6 +248,10 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
         >>> result.cost["flops_ratio"], result.heldout
     """
     start = time.perf_counter()
+    if export_dir is not None:
+        from .export import check_export_dir
+
+        check_export_dir(export_dir)
     if session is None:
         if config is not None and options:
             raise ConfigError(f"give either config= or keyword options, not both (got {sorted(options)})")

@@ -51,7 +51,7 @@ def removal_levels(scores: torch.Tensor, counts: tuple[int, ...]) -> torch.Tenso
 
     `scores` is (groups,) or (rows, groups); entries never removed get `len(counts)`.
     """
-    order = torch.argsort(scores.double(), dim=-1, stable=True)  # position -> entry
+    order = torch.argsort(scores.double().cpu(), dim=-1, stable=True)  # position -> entry
     level_at_position = torch.searchsorted(torch.tensor(counts), torch.arange(scores.shape[-1]), right=True)
     levels = torch.empty_like(order)
     levels.scatter_(-1, order, level_at_position.expand_as(order).contiguous())

@@ -125,6 +125,8 @@ class Supernet:
         if manifest is None:
             if path.exists():
                 log.warning("supernet cache %s is incomplete or corrupt; rebuilding it", path)
+            log.info("building the supernet cache (%s, %d units, %s) in %s", criterion.name, space.n_units,
+                     space.granularity, path)
             for stale in path.parent.glob(f".{key}.*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)
             with _io.atomic_directory(path) as tmp:
@@ -132,6 +134,8 @@ class Supernet:
             manifest = verify(path)
             if manifest is None:
                 raise RuntimeError(f"the supernet cache just written to {path} does not verify")
+        else:
+            log.info("supernet cache %s verified", path)
         return cls(path, space, manifest)
 
 

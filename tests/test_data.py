@@ -37,3 +37,28 @@ def test_user_files(tmp_path):
         read_documents(empty)
     with pytest.raises(InputFileError, match="fewer than one window"):
         token_windows(["short"], ByteTokenizer(), seq_len=64, count=4)
+
+
+def test_hub_style_tokenizer_directory_is_loaded_with_auto_tokenizer(model_dirs, tmp_path):
+    """A tokenizer saved beside the model (as on the hub) is used, CLS/SEP around encoder windows."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from allocsearch.data import builtin_documents
+    from allocsearch.models import load_tokenizer
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(builtin_documents("train")[:5], trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    directory = tmp_path / "bert"
+    shutil.copytree(model_dirs["bert"], directory)
+    (directory / "allocsearch_tokenizer.json").unlink()
+    PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", unk_token="[UNK]",
+                            pad_token="[PAD]").save_pretrained(directory)
+    tokenizer = load_tokenizer(str(directory))
+    windows = token_windows(builtin_documents("calib"), tokenizer, seq_len=16, count=4, encoder=True)
+    assert windows.shape == (4, 16)
+    assert (windows[:, 0] == tokenizer.cls_token_id).all() and (windows[:, -1] == tokenizer.sep_token_id).all()

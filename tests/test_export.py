@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from allocsearch import InputFileError, SpaceError, export, load_pruned, search
+from allocsearch import ConfigError, InputFileError, SpaceError, export, load_pruned, search
 from allocsearch._modules import RemovedSublayer
 from allocsearch.export import export_levels
 
@@ -72,3 +72,16 @@ def test_export_from_a_result_file(model_dirs, cache_dir, tmp_path):
 def test_load_pruned_names_a_wrong_directory(tmp_path):
     with pytest.raises(InputFileError, match="holds no allocation.json"):
         load_pruned(tmp_path)
+
+
+def test_export_never_replaces_a_foreign_directory(sessions, tmp_path):
+    session = sessions("gpt2")
+    precious = tmp_path / "models"
+    precious.mkdir()
+    (precious / "weights.bin").write_text("keep me")
+    with pytest.raises(ConfigError, match="exists and is not an allocsearch export"):
+        export_levels(session, np.zeros(4, dtype=int), precious)
+    assert (precious / "weights.bin").read_text() == "keep me"
+    export_levels(session, np.zeros(4, dtype=int), tmp_path / "new")
+    export_levels(session, np.ones(4, dtype=int), tmp_path / "new")  # an earlier export is replaced
+    assert json.loads((tmp_path / "new" / "allocation.json").read_text())["levels"]["transformer.h.0.heads"] == 1

@@ -127,3 +127,39 @@ def test_manifest_records_its_inputs(sessions):
     manifest = json.loads((sessions("gpt2").supernet.path / "manifest.json").read_text())
     assert set(manifest["key_parts"]) >= {"weights", "space", "criterion", "calib", "calib_from"}
     assert manifest["units"][0] == "transformer.h.0.heads"
+
+
+def test_unstructured_wanda_cache_matches_per_level_masks(sessions):
+    """Scores recomputed here from the layers' calibration inputs: |W_ij| * ||X_j||, per row."""
+    session = sessions("gpt2", "unstructured", criterion="wanda")
+    model, space = session.model, session.space
+    session.composer.apply(np.zeros(space.n_units, dtype=int))
+    norms, handles = {}, []
+    for unit in space.units:
+        module = get_module(model, unit.module)
+        norms[unit.module] = 0
+        handles.append(module.register_forward_pre_hook(
+            lambda m, args, name=unit.module: norms.__setitem__(
+                name, norms[name] + (args[0].reshape(-1, args[0].shape[-1]).double() ** 2).sum(0))))
+    with torch.no_grad():
+        for batch in session.calib_tokens.split(4):
+            model(input_ids=batch, use_cache=False)
+    for h in handles:
+        h.remove()
+    for u, unit in enumerate(space.units):
+        scores = linear_weight(get_module(model, unit.module)).double().abs() * norms[unit.module].sqrt()
+        removal = session.supernet.removal(u)
+        for k, count in enumerate(unit.counts[1:], start=1):
+            threshold = scores.kthvalue(count, dim=1, keepdim=True).values
+            assert torch.equal(removal <= k, scores <= threshold), (unit.name, k)
+
+
+def test_calibration_from_a_pruned_reference(model_dirs, cache_dir):
+    dense = Session(tiny_config(model_dirs["gpt2"], cache_dir), progress=False).supernet
+    pruned = Session(tiny_config(model_dirs["gpt2"], cache_dir, calib_from=0.5), progress=False).supernet
+    assert dense.key != pruned.key
+    # block 0 sees the same inputs either way; block 1 sees those of a pruned block 0
+    assert torch.equal(dense.variant(0, 2)[0], pruned.variant(0, 2)[0])
+    assert torch.equal(dense.variant(1, 8)[0], pruned.variant(1, 8)[0])
+    assert not torch.equal(dense.variant(2, 2)[0], pruned.variant(2, 2)[0])
+    assert not torch.equal(dense.variant(3, 8)[0], pruned.variant(3, 8)[0])
