@@ -117,7 +117,7 @@ class Supernet:
             "format": FORMAT, "weights": weights_hash(model), "space": space.id, "criterion": criterion.name,
             "damp": config.damp if criterion.reconstructs else None, "calib_from": config.calib_from,
             "calib": tokens_hash(calib) if (criterion.needs_data or config.calib_from is not None) else None,
-            "threads": config.threads,
+            "threads": config.threads, "device": next(model.parameters()).device.type,
         }
         key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
         path = Path(cache_dir).expanduser() / "supernet" / key
@@ -209,25 +209,26 @@ def _build(tmp: Path, model, space, calib, config, criterion, key, key_parts, pr
     source = _Building()
     composer = Composer(model, space, source)
     files = {}
+    reference = space.nearest_levels(config.calib_from) if config.calib_from is not None else None
     with torch.no_grad(), torch_threads(config.threads):
-        inputs = _block_inputs(model, blocks[0], calib, config.batch_size) if criterion.needs_data or config.calib_from is not None else None
+        inputs = None
+        if criterion.needs_data or reference is not None:
+            inputs = _block_inputs(model, blocks[0], calib, config.batch_size)
         for b in progress_bar(range(len(blocks)), desc=f"building the supernet ({criterion.name})", enabled=progress):
             units = by_block.get(b, [])
-            stats = _collect(model, space, units, blocks[b], inputs) if criterion.needs_data else {}
+            stats, outputs = _collect(model, space, units, blocks[b], inputs) if inputs is not None else ({}, None)
             block_tensors = {}
             for u in units:
                 block_tensors.update(_unit_tensors(model, space, u, criterion, stats, config.damp))
             source.tensors.update(block_tensors)
             if inputs is not None and b + 1 < len(blocks):
-                if config.calib_from is None:
-                    inputs = _next_inputs(inputs, _run_block(blocks[b], inputs))
-                else:
+                if reference is not None:  # the next block sees this one pruned at the reference level
                     levels = np.zeros(space.n_units, dtype=int)
-                    reference = space.nearest_levels(config.calib_from)
                     levels[units] = reference[units]
                     composer.apply(levels)
-                    inputs = _next_inputs(inputs, _run_block(blocks[b], inputs))
+                    outputs = _run_block(blocks[b], inputs)
                     composer.apply(np.zeros(space.n_units, dtype=int))
+                inputs = _next_inputs(inputs, outputs)
             name = f"block-{b:04d}.safetensors"
             save_file({k: v.contiguous() for k, v in block_tensors.items()}, str(tmp / name))
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _io.file_sha256(tmp / name)}
@@ -243,8 +244,9 @@ def _next_inputs(inputs, outputs):
     return [(out, args, kwargs) for (_, args, kwargs), out in zip(inputs, outputs)]
 
 
-def _collect(model, space, units, block, inputs) -> dict[str, LayerStats]:
-    """Input statistics of every linear layer the block's units touch; Gram matrices for consumers."""
+def _collect(model, space, units, block, inputs) -> tuple[dict[str, LayerStats], list[torch.Tensor]]:
+    """Run the dense block once, gathering the input statistics of every linear layer its units touch
+    (Gram matrices for output projections); returns them with the block's outputs."""
     stats: dict[str, LayerStats] = {}
     handles = []
     for u in units:
@@ -258,11 +260,11 @@ def _collect(model, space, units, block, inputs) -> dict[str, LayerStats]:
             handles.append(get_module(model, path).register_forward_pre_hook(
                 lambda m, args, s=stats[path], g=gram: s.add(args[0], g)))
     try:
-        _run_block(block, inputs)
+        outputs = _run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return stats, outputs
 
 
 def _unit_tensors(model, space, u, criterion, stats, damp) -> dict[str, torch.Tensor]:

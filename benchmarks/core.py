@@ -1,7 +1,8 @@
 """Core pipeline figures on the embedded default model, all taken in one run.
 
 - supernet build time and cache size on disk per prunable weight (structured lsq, unstructured wanda);
-- time per candidate evaluation against a bare dense forward over the same calibration tokens;
+- time per candidate evaluation against a bare forward over the same calibration tokens;
+- the error table's size and time;
 - uniform's fitness and held-out perplexity at FLOPs budgets 0.3 / 0.5 / 0.7.
 
 Usage: python benchmarks/core.py [--cache DIR] [--markdown BENCHMARKS.md]
@@ -83,6 +84,10 @@ def main() -> None:
                         f"{session.supernet.disk_bytes() / weights:.2f} | {evaluate * 1e3:.1f} | {bare * 1e3:.1f} | "
                         f"{evaluate / bare:.2f}x | {dense * 1e3:.1f} |")
         session = sessions["structured"]
+        start = time.perf_counter()
+        table = session.error_table()
+        rows += ["", f"Error table, structured: {int(np.isfinite(table[:, 1:]).sum())} single-unit evaluations in "
+                     f"{time.perf_counter() - start:.1f} s."]
         rows += ["", f"Uniform, structured (lsq), dense held-out perplexity {session.evaluator.dense_heldout:.3f}:", "",
                  "| FLOPs budget | FLOPs ratio | params ratio | fitness (KL) | held-out ppl |", "|---|---|---|---|---|"]
         for budget in (0.3, 0.5, 0.7):
