@@ -43,6 +43,7 @@ def check_export_dir(out_dir: str | Path) -> Path:
 
 def export_levels(session: Session, levels: np.ndarray, out_dir: str | Path, result: Result | None = None) -> Path:
     """Compose `levels` on the session's model and write it to `out_dir` (atomically)."""
+    out_dir = check_export_dir(out_dir)
     space = session.space
     session.composer.apply(levels)
     kept = {u.name: u.groups - u.counts[k] for u, k in zip(space.units, levels)}
@@ -50,7 +51,6 @@ def export_levels(session: Session, levels: np.ndarray, out_dir: str | Path, res
             "grid": space.to_dict()["grid"], "levels": space.levels_dict(levels),
             "allocation": space.allocation_dict(levels), "kept_groups": kept,
             "cost": session.costs.ratios(levels)}
-    out_dir = check_export_dir(out_dir)
     with _io.atomic_directory(out_dir) as tmp:
         save_model(session.model, str(tmp / "model.safetensors"))
         session.model.config.save_pretrained(tmp)
