@@ -9,10 +9,12 @@ Example:
 from .budget import Budget
 from .compose import Composer
 from .cost import CostModel
+from .dp import Frontier, dp_allocate, dp_allocate_constrained, dp_frontier
 from .errors import AllocSearchError, BudgetError, ConfigError, InputFileError, ModelLoadError, SpaceError
 from .evaluator import Evaluator, EvaluatorConfig
 from .export import export, load_pruned
 from .pipeline import RunConfig, Session, search
+from .planner import Plan, Planner
 from .result import Result
 from .runners import InProcessRunner, Runner, error_table
 from .searchers import SEARCHERS, Problem, Searcher
@@ -23,7 +25,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllocSearchError", "Budget", "BudgetError", "Composer", "ConfigError", "CostModel", "Evaluator",
-    "EvaluatorConfig", "InProcessRunner", "InputFileError", "LevelGrid", "ModelLoadError", "Problem", "Result",
-    "RunConfig", "Runner", "SEARCHERS", "SearchSpace", "Searcher", "Session", "SpaceError", "Supernet",
-    "SupernetConfig", "Unit", "error_table", "export", "load_pruned", "search",
+    "EvaluatorConfig", "Frontier", "InProcessRunner", "InputFileError", "LevelGrid", "ModelLoadError", "Plan",
+    "Planner", "Problem", "Result", "RunConfig", "Runner", "SEARCHERS", "SearchSpace", "Searcher", "Session",
+    "SpaceError", "Supernet", "SupernetConfig", "Unit", "dp_allocate", "dp_allocate_constrained", "dp_frontier",
+    "error_table", "export", "load_pruned", "search",
 ]

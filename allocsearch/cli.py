@@ -1,4 +1,4 @@
-"""The `allocsearch` command line: search, export, info.
+"""The `allocsearch` command line: search, compare, export, info, query, frontier.
 
 User mistakes print one line, `allocsearch: error: ...`, and exit with status 2.
 """
@@ -6,12 +6,15 @@ User mistakes print one line, `allocsearch: error: ...`, and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import fields
+from pathlib import Path
 
-from .errors import AllocSearchError
+from .errors import AllocSearchError, ConfigError
 from .pipeline import RunConfig, Session, search
+from .result import Result
 from .searchers import SEARCHERS
 
 
@@ -33,11 +36,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-len", type=int, default=128, help="tokens per window; FLOPs are per token at this length")
     g.add_argument("--cache", dest="cache_dir", help="cache directory (default $ALLOCSEARCH_CACHE or ~/.cache/allocsearch)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per evaluation (results depend on it)")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-
-
-def _add_data_options(p: argparse.ArgumentParser) -> None:
+    g.add_argument("--threads", type=int, default=1, help="torch threads per evaluation (results depend on it)")
     g = p.add_argument_group("pruning and data")
     g.add_argument("--criterion", choices=["magnitude", "wanda", "lsq"],
                    help="local pruning criterion (default lsq structured, wanda unstructured)")
@@ -51,6 +51,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=16)
 
 
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", action="append", required=True,
+                   help="flops=0.5, params=0.4, memory=300MB (fraction of dense or absolute); repeatable")
+
+
 def _run_config(args: argparse.Namespace) -> RunConfig:
     names = {f.name for f in fields(RunConfig)}
     return RunConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
@@ -58,18 +63,24 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="allocsearch", description=__doc__.splitlines()[0])
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or progress messages")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("search", help="search an allocation within a budget")
-    p.add_argument("--budget", action="append", required=True,
-                   help="flops=0.5, params=0.4, memory=300MB (fraction of dense or absolute); repeatable")
+    _add_budget(p)
     p.add_argument("--method", default="uniform", help=f"searcher: {', '.join(SEARCHERS)}")
     p.add_argument("--seed", type=int, help="makes the search reproducible (default: drawn and recorded)")
     p.add_argument("--out", default="result.json", help="result file (default result.json)")
     p.add_argument("--export", dest="export_dir", help="also write the pruned model to this directory")
+    p.add_argument("--planner", help="add what the search evaluated to this planner file (made if missing)")
     _add_model_options(p)
-    _add_data_options(p)
+
+    p = commands.add_parser("compare", help="run several methods at one budget and tabulate them")
+    _add_budget(p)
+    p.add_argument("--methods", default=",".join(SEARCHERS), help=f"comma-separated (default {','.join(SEARCHERS)})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", help="write each method's result.json here")
+    _add_model_options(p)
 
     p = commands.add_parser("export", help="write the pruned model of a result")
     p.add_argument("--result", required=True, help="result.json written by search")
@@ -79,23 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="units, levels and dense costs of a model's search space")
     p.add_argument("--errors", action="store_true", help="also compute the error table E[unit, level]")
     _add_model_options(p)
-    _add_data_options(p)
+
+    p = commands.add_parser("query", help="the best known allocation within a budget, from a planner file")
+    p.add_argument("--planner", required=True, help="planner file written by search --planner")
+    _add_budget(p)
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+    p = commands.add_parser("frontier", help="plot predicted error against cost: the DP frontier and uniform")
+    p.add_argument("--planner", help="planner file (default: made from the model options)")
+    p.add_argument("--metric", choices=["flops", "params", "memory"], default="flops")
+    p.add_argument("--out", default="frontier.png", help="image file (default frontier.png)")
+    _add_model_options(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_stderr(quiet=args.quiet)
+    commands = {"search": _search, "compare": _compare, "export": _export, "info": _info, "query": _query,
+                "frontier": _frontier}
     try:
-        if args.command == "search":
-            return _search(args)
-        if args.command == "export":
-            from .export import export
-
-            out = export(args.result, args.out, model=args.model, progress=not args.quiet)
-            print(f"pruned model -> {out}  (load it with allocsearch.load_pruned({str(out)!r}))")
-            return 0
-        return _info(args)
+        return commands[args.command](args)
     except AllocSearchError as exc:
         print(f"allocsearch: error: {exc}", file=sys.stderr)
         return 2
@@ -113,29 +128,72 @@ def _log_to_stderr(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _session(args: argparse.Namespace) -> Session:
+    return Session(_run_config(args), progress=not args.quiet)
+
+
+def _table(session: Session, results: list[Result]) -> None:
+    lm = session.space.task == "causal_lm"
+    metric, score = ("KL to dense", "held-out ppl") if lm else ("NMSE to dense", "held-out cosine")
+    print(f"{'':10}{metric:>14}{score:>17}{'FLOPs ratio':>13}{'params ratio':>14}{'evaluated':>11}{'seconds':>9}")
+    print(f"{'dense':10}{0.0:>14.4f}{results[0].dense_heldout:>17.4f}{1.0:>13.3f}{1.0:>14.3f}")
+    for r in results:
+        print(f"{r.method:10}{r.fitness:>14.4f}{r.heldout:>17.4f}{r.cost['flops_ratio']:>13.3f}"
+              f"{r.cost['params_ratio']:>14.3f}{r.evaluations:>11}{r.seconds:>9.1f}")
+
+
+def _add_to_planner(path: str, session: Session, results: list[Result]) -> None:
+    from .planner import Planner
+
+    planner = Planner.load(path) if Path(path).is_file() else Planner.from_session(session)
+    for result in results:
+        planner.add_result(result)
+    planner.save(path)
+    print(f"planner -> {path} ({planner.n_points} evaluated allocations)")
+
+
 def _search(args: argparse.Namespace) -> int:
-    session = Session(_run_config(args), progress=not args.quiet)
+    session = _session(args)
     result = search(args.budget, method=args.method, seed=args.seed, session=session, out=args.out,
                     export_dir=args.export_dir)
-    lm = session.space.task == "causal_lm"
-    score = "held-out ppl" if lm else "held-out cosine"
-    metric = "KL to dense" if lm else "NMSE to dense"
     print(f"\n{result.method} at {','.join(args.budget)} on {session.space.family}, {session.space.granularity}: "
-          f"{session.space.n_units} units, {result.evaluations} candidate(s) evaluated, seed {result.seed}, "
-          f"{result.seconds:.1f} s in all")
-    print(f"{'':10}{metric:>14}{score:>17}{'FLOPs ratio':>13}{'params ratio':>14}")
-    print(f"{'dense':10}{0.0:>14.4f}{result.dense_heldout:>17.4f}{1.0:>13.3f}{1.0:>14.3f}")
-    print(f"{result.method:10}{result.fitness:>14.4f}{result.heldout:>17.4f}{result.cost['flops_ratio']:>13.3f}"
-          f"{result.cost['params_ratio']:>14.3f}")
+          f"{session.space.n_units} units, seed {result.seed}, {result.seconds:.1f} s in all")
+    _table(session, [result])
     print("\nremoved fraction per unit:")
     for name, fraction in result.allocation.items():
         print(f"  {name:40} {fraction:6.3f}")
     print(f"\nresult -> {args.out}" + (f"; pruned model -> {args.export_dir}" if args.export_dir else ""))
+    if args.planner:
+        _add_to_planner(args.planner, session, [result])
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in SEARCHERS]
+    if unknown or not methods:
+        raise ConfigError(f"--methods {args.methods!r}: choose from {', '.join(SEARCHERS)}")
+    session = _session(args)
+    results = []
+    for method in methods:
+        out = Path(args.out_dir) / f"{method}.json" if args.out_dir else None
+        results.append(search(args.budget, method=method, seed=args.seed, session=session, out=out))
+    print(f"\n{','.join(args.budget)} on {session.space.family}, {session.space.granularity} "
+          f"({session.space.n_units} units, criterion {session.supernet.criterion}), seed {args.seed}")
+    _table(session, results)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = export(args.result, args.out, model=args.model, progress=not args.quiet)
+    print(f"pruned model -> {out}  (load it with allocsearch.load_pruned({str(out)!r}))")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    session = Session(_run_config(args), progress=not args.quiet)
+    session = _session(args)
     space, costs = session.space, session.costs
     dense, const = costs.dense, costs.constant
     print(f"model {session.model_path}: family {space.family}, task {space.task}, {space.granularity}, "
@@ -152,6 +210,35 @@ def _info(args: argparse.Namespace) -> int:
         if errors is not None:
             line += "  | " + " ".join(f"{e:.3g}" for e in errors[u, : unit.n_levels])
         print(line)
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from .planner import Planner
+
+    plan = Planner.load(args.planner).query(",".join(args.budget))
+    if args.json:
+        print(json.dumps({"levels": plan.levels.tolist(), "allocation": plan.allocation, "cost": plan.cost,
+                          "predicted_error": plan.predicted_error, "measured_fitness": plan.measured_fitness,
+                          "source": plan.source}, indent=2))
+        return 0
+    measured = "not measured" if plan.measured_fitness is None else f"{plan.measured_fitness:.4f}"
+    print(f"best known within {','.join(args.budget)} ({plan.source}): predicted error {plan.predicted_error:.4f}, "
+          f"measured fitness {measured}")
+    print(f"FLOPs ratio {plan.cost['flops_ratio']:.3f}, params ratio {plan.cost['params_ratio']:.3f}, "
+          f"memory {plan.cost['bytes'] / 1e6:.2f} MB")
+    for name, fraction in plan.allocation.items():
+        print(f"  {name:40} {fraction:6.3f}")
+    return 0
+
+
+def _frontier(args: argparse.Namespace) -> int:
+    from .planner import Planner
+    from .plot import plot_frontier
+
+    planner = Planner.load(args.planner) if args.planner else Planner.from_session(_session(args))
+    plot_frontier(planner, args.metric, args.out)
+    print(f"frontier -> {args.out}")
     return 0
 
 

@@ -17,6 +17,7 @@ Everything outside the units (embeddings, norms, the LM head, output biases) is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from torch import nn
@@ -64,12 +65,12 @@ class CostModel:
         constant = {"flops": flops, "params": constant_params, "bytes": constant_params * dtype_bytes}
         return cls(tables, constant, seq_len, dtype_bytes)
 
-    @property
+    @cached_property
     def dense(self) -> dict[str, float]:
         """Cost of the unpruned model."""
         return self.total(np.zeros(self.tables["flops"].shape[0], dtype=int))
 
-    @property
+    @cached_property
     def minimum(self) -> dict[str, float]:
         """The smallest cost reachable in the space, per metric."""
         return {m: self.constant[m] + float(np.nanmin(np.where(np.isinf(t), np.nan, t), axis=1).sum())

@@ -23,6 +23,7 @@ from .data import builtin_documents, read_documents, token_windows
 from .errors import ConfigError
 from .evaluator import Evaluator, EvaluatorConfig
 from .models import load_model, load_tokenizer
+from .outliers import outlier_ratios
 from .result import Result
 from .runners import InProcessRunner, Runner, error_table
 from .searchers import Problem, Searcher, get_searcher
@@ -184,6 +185,13 @@ class Session:
         return Composer(self.model, self.space, self.supernet)
 
     @cached_property
+    def outlier_ratios(self) -> np.ndarray:
+        """OWL's per-block outlier ratios on the dense model.  # (blocks,)"""
+        self.composer.apply(np.zeros(self.space.n_units, dtype=int))
+        return outlier_ratios(self.model, self.space, self.calib_tokens, batch_size=self.config.batch_size,
+                              threads=self.config.threads)
+
+    @cached_property
     def evaluator(self) -> Evaluator:
         config = EvaluatorConfig(batch_size=self.config.batch_size, threads=self.config.threads)
         return Evaluator(self.composer, self.calib_tokens, self.heldout_tokens, task=self.space.task,
@@ -203,6 +211,18 @@ class Session:
         np.save(tmp, table)
         os.replace(tmp, path)
         return table
+
+
+def _checked_init(session: Session, limits: dict[str, float], init) -> np.ndarray | None:
+    if init is None:
+        return None
+    levels = session.space.levels_from_dict(init) if isinstance(init, dict) else np.asarray(init, dtype=np.int64)
+    session.space.check(levels)
+    total = session.costs.total(levels)
+    over = [m for m, limit in limits.items() if total[m] > limit]
+    if over:
+        raise ConfigError(f"init allocation exceeds the budget on {', '.join(over)}; start from one within it")
+    return levels
 
 
 def _draw_seed() -> int:
@@ -230,7 +250,7 @@ def run_searcher(searcher: Searcher, runner: Runner, *, batch: int = 64) -> list
 def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: int | None = None,
            config: RunConfig | None = None, runner: Runner | None = None, out: str | Path | None = None,
            export_dir: str | Path | None = None, progress: bool = True, session: Session | None = None,
-           **options) -> Result:
+           init: np.ndarray | dict[str, int] | None = None, **options) -> Result:
     """Search an allocation within `budget` and measure it.
 
     Args:
@@ -242,6 +262,8 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
         out: write the result JSON here.
         export_dir: write the pruned model here.
         session: reuse a `Session` (its config wins over `config` and `options`).
+        init: a known allocation (level indices, or `{unit: level}`) to start from; it is evaluated
+            first and the result is never worse than it.
 
     Example:
         >>> result = allocsearch.search("flops=0.5", method="uniform", seed=0)
@@ -261,11 +283,18 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
     searcher_class = get_searcher(method)
     limits = budget.limits(session.costs)
     runner = runner or InProcessRunner(session.evaluator)
-    errors = session.error_table(runner) if searcher_class.needs_errors else None
-    searcher = searcher_class(Problem(session.space, session.costs, limits, errors), seed=seed)
-    history = run_searcher(searcher, runner)
+    needs = {"errors": lambda: session.error_table(runner), "outlier_ratios": lambda: session.outlier_ratios}
+    problem = Problem(session.space, session.costs, limits, init=_checked_init(session, limits, init),
+                      **{need: needs[need]() for need in searcher_class.needs})
+    searcher = searcher_class(problem, seed=seed)
+    history = []
+    if problem.init is not None:  # the known point competes: a search never ends worse than its start
+        fitness = runner.evaluate([problem.init])
+        searcher.tell([problem.init], fitness)
+        history.append({"levels": problem.init.tolist(), "fidelity": 1.0, "fitness": fitness[0]})
+    history += run_searcher(searcher, runner)
     levels = searcher.best_levels
-    if levels is None or not searcher.problem.feasible(levels):
+    if levels is None or not problem.feasible(levels):
         raise RuntimeError(f"searcher {method} returned no allocation within the limits")
     result = make_result(session, method, budget, levels, searcher.best_fitness, seed, history,
                          time.perf_counter() - start)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ class Unit:
     def n_levels(self) -> int:
         return len(self.counts)
 
-    @property
+    @cached_property
     def fractions(self) -> np.ndarray:
         """Removed fraction at each level.  # (levels,)"""
         return np.asarray(self.counts, dtype=np.float64) / self.groups
@@ -223,7 +224,7 @@ class SearchSpace:
     def n_units(self) -> int:
         return len(self.units)
 
-    @property
+    @cached_property
     def n_levels(self) -> np.ndarray:
         """Number of levels of each unit.  # (units,)"""
         return np.array([u.n_levels for u in self.units])
@@ -234,12 +235,20 @@ class SearchSpace:
         blob = json.dumps([self.spec, self.granularity, [asdict(u) for u in self.units]], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    @cached_property
+    def fraction_table(self) -> np.ndarray:
+        """Removed fraction of every unit at every level, NaN past a unit's levels.  # (units, max_levels)"""
+        table = np.full((self.n_units, int(self.n_levels.max())), np.nan)
+        for u, unit in enumerate(self.units):
+            table[u, : unit.n_levels] = unit.fractions
+        return table
+
     def fractions(self, levels: np.ndarray) -> np.ndarray:
         """Removed fraction of each unit for an allocation.  # (units,)"""
-        return np.array([u.fractions[k] for u, k in zip(self.units, levels)])
+        return self.fraction_table[np.arange(self.n_units), np.asarray(levels)]
 
     def allocation_dict(self, levels: np.ndarray) -> dict[str, float]:
-        return {u.name: float(u.fractions[k]) for u, k in zip(self.units, levels)}
+        return dict(zip((u.name for u in self.units), self.fractions(levels).tolist()))
 
     def levels_dict(self, levels: np.ndarray) -> dict[str, int]:
         return {u.name: int(k) for u, k in zip(self.units, levels)}
@@ -267,8 +276,27 @@ class SearchSpace:
             )
 
     def to_dict(self) -> dict:
+        """A summary for results: family, granularity, id, spec and grid (no units)."""
         return {"family": self.family, "granularity": self.granularity, "id": self.id, "spec": self.spec,
                 "grid": asdict(self.grid)}
+
+    def to_json(self) -> dict:
+        """Everything, units included, as plain JSON data (see `from_json`)."""
+        return {"family": self.family, "task": self.task, "granularity": self.granularity,
+                "units": [asdict(u) for u in self.units], "spec": self.spec, "grid": asdict(self.grid)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SearchSpace:
+        """The space `to_json` wrote, without the model."""
+        units = []
+        for u in data["units"]:
+            consumer = u["consumer"]
+            units.append(Unit(**{**u, "counts": tuple(u["counts"]),
+                                 "producers": tuple(Slice(**p) for p in u["producers"]),
+                                 "consumer": Slice(**consumer) if consumer else None,
+                                 "attrs": tuple(tuple(a) for a in u["attrs"])}))
+        return cls(data["family"], data["task"], data["granularity"], tuple(units), data["spec"],
+                   LevelGrid(**data["grid"]))
 
 
 def _config_int(config: Any, *names: str) -> int | None:

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _markdown import write_section
+
 from allocsearch import RunConfig, Session, search
 from allocsearch._torch import torch_threads
 from allocsearch.pipeline import default_cache_dir
@@ -97,8 +99,8 @@ def main() -> None:
     text = "\n".join(rows)
     print(text)
     if args.markdown:
-        Path(args.markdown).write_text(f"# Benchmarks\n\nCore pipeline (`python benchmarks/core.py`), one run, "
-                                       f"2-core CPU, 1 torch thread per evaluation.\n\n{text}\n")
+        write_section(args.markdown, "core", "## Core pipeline\n\n`python benchmarks/core.py --markdown "
+                      "BENCHMARKS.md`; 2-core CPU, 1 torch thread per evaluation.\n\n" + text)
 
 
 if __name__ == "__main__":

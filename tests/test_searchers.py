@@ -33,7 +33,10 @@ def synthetic_problem(seed: int, n_units: int = 6, budget: float = 0.5) -> Probl
     costs = CostModel(tables, {"flops": rng.uniform(0, 50), "params": 0.0, "bytes": 0.0}, 1, 4)
     space = SearchSpace("synthetic", "causal_lm", "structured", tuple(units), {})
     limit = costs.minimum["flops"] + budget * (costs.dense["flops"] - costs.minimum["flops"])
-    return Problem(space, costs, {"flops": limit})
+    errors = np.full((n_units, width), np.inf)
+    for u, unit in enumerate(units):  # increasing with the level, 0 when dense
+        errors[u, : unit.n_levels] = np.cumsum(np.r_[0, rng.exponential(1, unit.n_levels - 1)]) * rng.uniform(0.1, 3)
+    return Problem(space, costs, {"flops": limit}, errors=errors, outlier_ratios=rng.uniform(0, 0.1, n_units))
 
 
 @pytest.mark.parametrize("method", sorted(SEARCHERS))

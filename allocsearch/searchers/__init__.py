@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Problem, Searcher
-from .uniform import Uniform, uniform_levels
+from .admm import ADMM
+from .base import Problem, Proposals, Searcher
+from .dp import DP
+from .owl import OWL
+from .repair import fill, predicted_error, repair
+from .uniform import Uniform, shaped_levels, uniform_levels
 
-SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (Uniform,)}
+SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (Uniform, OWL, ADMM, DP)}
 
 
 def get_searcher(method: str) -> type[Searcher]:
@@ -15,4 +19,5 @@ def get_searcher(method: str) -> type[Searcher]:
     return SEARCHERS[method]
 
 
-__all__ = ["SEARCHERS", "Problem", "Searcher", "Uniform", "get_searcher", "uniform_levels"]
+__all__ = ["ADMM", "DP", "OWL", "SEARCHERS", "Problem", "Proposals", "Searcher", "Uniform", "fill",
+           "get_searcher", "predicted_error", "repair", "shaped_levels", "uniform_levels"]

@@ -1,9 +1,9 @@
 """The one contract every searcher follows: `ask(n)` proposes, `tell(...)` learns.
 
-A searcher sees a `Problem` (space, cost tables, absolute limits and, when it asks for one, the
-error table) and one `np.random.Generator` made from its seed. It never evaluates anything itself:
-the search loop sends what it asks to a Runner and tells it the fitnesses, in order. Every
-allocation it proposes meets every limit.
+A searcher sees a `Problem` (space, cost tables, absolute limits, and whatever it `needs`: the
+error table, the per-block outlier ratios) and one `np.random.Generator` made from its seed. It
+never evaluates anything itself: the search loop sends what it asks to a Runner and tells it the
+fitnesses, in order. Every allocation it proposes meets every limit.
 """
 
 from __future__ import annotations
@@ -26,22 +26,32 @@ class Problem:
     space: SearchSpace
     costs: CostModel
     limits: dict[str, float]  # cost metric -> absolute limit
-    errors: np.ndarray | None = None  # (units, max_levels), when the searcher needs it
+    errors: np.ndarray | None = None  # (units, max_levels): E[u, k], when the searcher needs "errors"
+    outlier_ratios: np.ndarray | None = None  # (blocks,), when the searcher needs "outlier_ratios"
+    init: np.ndarray | None = None  # (units,): a known good allocation to start from, if any
 
     def feasible(self, levels: np.ndarray) -> bool:
         return within(self.costs, levels, self.limits)
+
+    @property
+    def primary(self) -> str:
+        """The metric a single-constraint solver works on: flops when limited, else the first limit."""
+        return "flops" if "flops" in self.limits else next(iter(self.limits))
 
 
 class Searcher(ABC):
     """Base of all searchers.
 
-    Subclasses set `name`, and `needs_errors = True` when they read `problem.errors`.
+    Subclasses set `name`, and `needs` to the optional `Problem` fields they read.
     """
 
     name: ClassVar[str]
-    needs_errors: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, problem: Problem, *, seed: int) -> None:
+        missing = [need for need in self.needs if getattr(problem, need) is None]
+        if missing:
+            raise ValueError(f"searcher {self.name} needs {', '.join(missing)} in its problem")
         self.problem = problem
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -67,3 +77,33 @@ class Searcher(ABC):
         for levels, fitness in zip(allocations, fitnesses):
             if fitness < self.best_fitness:
                 self.best_levels, self.best_fitness = np.array(levels), float(fitness)
+
+
+class Proposals(Searcher):
+    """A searcher that proposes a fixed list of allocations once and keeps the best measured."""
+
+    def __init__(self, problem: Problem, *, seed: int) -> None:
+        super().__init__(problem, seed=seed)
+        self._pending = distinct(self.propose())
+
+    @abstractmethod
+    def propose(self) -> list[np.ndarray]:
+        """The candidates, each within the limits."""
+
+    @property
+    def done(self) -> bool:
+        return not self._pending
+
+    def ask(self, n: int) -> list[np.ndarray]:
+        asked, self._pending = self._pending[:n], self._pending[n:]
+        return asked
+
+
+def distinct(allocations: list[np.ndarray]) -> list[np.ndarray]:
+    seen, out = set(), []
+    for levels in allocations:
+        key = np.asarray(levels, dtype=np.int64).tobytes()
+        if key not in seen:
+            seen.add(key)
+            out.append(np.asarray(levels, dtype=np.int64))
+    return out

@@ -5,27 +5,32 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BudgetError
-from .base import Problem, Searcher
+from .base import Problem, Proposals
 
 
-def uniform_levels(problem: Problem) -> np.ndarray:
-    """The least-pruned uniform allocation within the limits, then filled up to the budget.
+def shaped_levels(problem: Problem, offsets: np.ndarray | None = None) -> np.ndarray:
+    """The least-pruned allocation `fraction + offsets[u]` per unit within the limits, then filled.
 
-    Every unit takes the level nearest one fraction f (heads snap to whole heads); f is the smallest
-    that meets the limits, found by bisection. The grid leaves part of the budget unused, so units
-    then step back one level each, in unit order, while the limits still hold, until none can.
+    Every unit takes the level nearest `f + offsets[u]` (heads snap to whole heads); f is the
+    smallest that meets the limits, found by bisection. The grid leaves part of the budget unused,
+    so units then step back one level each, in unit order, while the limits still hold, until none
+    can. With no offsets this is the uniform allocation.
     """
     space = problem.space
-    top = max(float(u.fractions[-1]) for u in space.units)
-    if not problem.feasible(space.nearest_levels(top)):
-        raise BudgetError("no uniform allocation meets the budget; raise the budget")
-    low, high = 0.0, top  # infeasible (or dense), feasible
-    if problem.feasible(space.nearest_levels(low)):
-        return space.nearest_levels(low)
+    offsets = np.zeros(space.n_units) if offsets is None else np.asarray(offsets, dtype=np.float64)
+
+    def levels_at(f: float) -> np.ndarray:
+        targets = f + offsets
+        return np.array([int(np.argmin(np.abs(u.fractions - t) + 1e-12 * np.arange(u.n_levels)))
+                         for u, t in zip(space.units, targets)])
+
+    low, high = -1.0 - offsets.max(), 2.0 - offsets.min()  # every unit dense, every unit at its top
+    if not problem.feasible(levels_at(high)):
+        raise BudgetError("no allocation of this shape meets the budget; raise the budget")
     for _ in range(60):
         mid = (low + high) / 2
-        low, high = (low, mid) if problem.feasible(space.nearest_levels(mid)) else (mid, high)
-    levels = space.nearest_levels(high)
+        low, high = (low, mid) if problem.feasible(levels_at(mid)) else (mid, high)
+    levels = levels_at(high)
     changed = True
     while changed:
         changed = False
@@ -39,22 +44,15 @@ def uniform_levels(problem: Problem) -> np.ndarray:
     return levels
 
 
-class Uniform(Searcher):
-    """Proposes the uniform allocation once."""
+def uniform_levels(problem: Problem) -> np.ndarray:
+    """The uniform allocation within the limits (see `shaped_levels`)."""
+    return shaped_levels(problem)
+
+
+class Uniform(Proposals):
+    """Proposes the uniform allocation."""
 
     name = "uniform"
 
-    def __init__(self, problem: Problem, *, seed: int) -> None:
-        super().__init__(problem, seed=seed)
-        self._candidate = uniform_levels(problem)
-        self._asked = False
-
-    @property
-    def done(self) -> bool:
-        return self._asked
-
-    def ask(self, n: int) -> list[np.ndarray]:
-        if self._asked:
-            return []
-        self._asked = True
-        return [self._candidate.copy()]
+    def propose(self) -> list[np.ndarray]:
+        return [uniform_levels(self.problem)]

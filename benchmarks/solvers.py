@@ -1,0 +1,86 @@
+"""DP frontier speed at 224 units x 41 levels x 10,000 buckets, and Planner query latency.
+
+Usage: python benchmarks/solvers.py [--markdown BENCHMARKS.md]
+Synthetic tables (sorted random errors and costs) of the stated size; timings are the median of
+repeated runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _markdown import write_section
+
+from allocsearch import CostModel, Planner, SearchSpace, Unit, dp_allocate, dp_frontier
+
+UNITS, LEVELS, BUCKETS = 224, 41, 10_000
+
+
+def tables(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    errors = np.sort(rng.exponential(1, (UNITS, LEVELS)), axis=1)
+    errors[:, 0] = 0
+    costs = np.sort(rng.uniform(1, 100, (UNITS, LEVELS)), axis=1)[:, ::-1].copy()
+    return errors, costs
+
+
+def median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", help="write the table to this file")
+    args = parser.parse_args()
+    errors, costs = tables()
+    budget = 0.5 * costs[:, 0].sum()
+    frontier_s = median_seconds(lambda: dp_frontier(errors, costs, resolution=BUCKETS), 5)
+    allocate_s = median_seconds(lambda: dp_allocate(errors, costs, budget, resolution=BUCKETS), 5)
+    choice_bytes = UNITS * (BUCKETS + 1)  # one uint8 per unit and bucket for backtracking
+
+    units = tuple(Unit(name=f"u{u}", kind="channels", block=u, groups=LEVELS - 1, counts=tuple(range(LEVELS)))
+                  for u in range(UNITS))
+    space = SearchSpace("synthetic", "causal_lm", "structured", units, {})
+    zero = {"flops": 0.0, "params": 0.0, "bytes": 0.0}
+    costs_model = CostModel({"flops": costs, "params": costs.copy(), "bytes": 2 * costs}, zero, 128, 2)
+    start = time.perf_counter()
+    planner = Planner(space, costs_model, errors, resolution=BUCKETS)
+    build_s = time.perf_counter() - start
+    rng = np.random.default_rng(1)
+    for _ in range(1000):  # a search's worth of measured points
+        planner.add(rng.integers(0, LEVELS, UNITS), float(rng.exponential()))
+    budgets = rng.uniform(0.2, 0.95, 2000)
+    planner.query(flops=0.5)  # the point arrays are made once, on the first query after adding
+    latencies = []
+    for b in budgets:
+        start = time.perf_counter()
+        planner.query(flops=float(b))
+        latencies.append(time.perf_counter() - start)
+    two_kinds = median_seconds(lambda: planner.query(flops=0.6, memory=float(0.7 * 2 * costs[:, 0].sum())), 200)
+    lat = np.array(latencies) * 1e6
+    rows = [
+        f"| dp_frontier, {UNITS} x {LEVELS} x {BUCKETS:,} | {frontier_s:.3f} s | target < 0.5 s: "
+        f"{frontier_s / 0.5:.2f} of it |",
+        f"| dp_allocate, one budget, same size | {allocate_s:.3f} s | |",
+        f"| backtracking table | {choice_bytes / 1e6:.2f} MB (uint8, units x buckets) | |",
+        f"| Planner build (3 frontiers) | {build_s:.2f} s | |",
+        f"| Planner.query(flops=...), 1,000 measured points | median {np.median(lat):.0f} us, p99 "
+        f"{np.percentile(lat, 99):.0f} us | target < 1 ms: {np.median(lat) / 1000:.2f} of it |",
+        f"| Planner.query(flops=..., memory=...) | median {two_kinds * 1e6:.0f} us | |",
+    ]
+    text = "| what | figure | against the goal |\n|---|---|---|\n" + "\n".join(rows)
+    print(text)
+    if args.markdown:
+        write_section(args.markdown, "solvers", "## Solvers and budget queries\n\n`python benchmarks/solvers.py "
+                      "--markdown BENCHMARKS.md`; synthetic tables, medians in one process.\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
