@@ -15,3 +15,11 @@ def write_section(path: str | Path, name: str, text: str) -> None:
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
     updated = pattern.sub(lambda _: block, current) if pattern.search(current) else current.rstrip() + "\n\n" + block
     path.write_text(updated + "\n")
+
+
+def publish(text: str, markdown: str | Path | None, name: str, title: str, how: str) -> None:
+    """Print a benchmark's text and, when asked, write it as its section of the markdown file."""
+    print(text)
+    if markdown:
+        write_section(markdown, name, f"## {title}\n\n`python benchmarks/{name}.py --markdown BENCHMARKS.md`; "
+                                      f"{how}\n\n{text}")

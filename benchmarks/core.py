@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _markdown import write_section
+from _markdown import publish
 
 from allocsearch import RunConfig, Session, search
 from allocsearch._torch import torch_threads
@@ -96,11 +96,7 @@ def main() -> None:
             result = search(f"flops={budget}", method="uniform", seed=0, session=session, progress=False)
             rows.append(f"| {budget} | {result.cost['flops_ratio']:.3f} | {result.cost['params_ratio']:.3f} | "
                         f"{result.fitness:.4f} | {result.heldout:.3f} |")
-    text = "\n".join(rows)
-    print(text)
-    if args.markdown:
-        write_section(args.markdown, "core", "## Core pipeline\n\n`python benchmarks/core.py --markdown "
-                      "BENCHMARKS.md`; 2-core CPU, 1 torch thread per evaluation.\n\n" + text)
+    publish("\n".join(rows), args.markdown, "core", "Core pipeline", "2-core CPU, 1 torch thread per evaluation.")
 
 
 if __name__ == "__main__":

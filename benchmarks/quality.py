@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from _markdown import write_section
+from _markdown import publish
 
 from allocsearch import SEARCHERS, RunConfig, Session, search
 
@@ -32,12 +32,8 @@ def main() -> None:
             rows.append(f"| {method} | {r.fitness:.4f} | {r.heldout:.3f} | {r.cost['flops_ratio']:.3f} | "
                         f"{r.cost['params_ratio']:.3f} | {r.evaluations} | {r.seconds:.1f} |")
         parts.append("\n".join(rows))
-    text = "\n\n".join(parts)
-    print(text)
-    if args.markdown:
-        write_section(args.markdown, "quality", "## Quality of each method on the default model\n\n"
-                      "`python benchmarks/quality.py --markdown BENCHMARKS.md`; seed 0; seconds exclude the "
-                      "cached error table and supernet.\n\n" + text)
+    publish("\n\n".join(parts), args.markdown, "quality", "Quality of each method on the default model",
+            "seed 0; seconds exclude the cached error table and supernet.")
 
 
 if __name__ == "__main__":

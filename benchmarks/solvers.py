@@ -11,7 +11,7 @@ import argparse
 import time
 
 import numpy as np
-from _markdown import write_section
+from _markdown import publish
 
 from allocsearch import CostModel, Planner, SearchSpace, Unit, dp_allocate, dp_frontier
 
@@ -75,11 +75,8 @@ def main() -> None:
         f"{np.percentile(lat, 99):.0f} us | target < 1 ms: {np.median(lat) / 1000:.2f} of it |",
         f"| Planner.query(flops=..., memory=...) | median {two_kinds * 1e6:.0f} us | |",
     ]
-    text = "| what | figure | against the goal |\n|---|---|---|\n" + "\n".join(rows)
-    print(text)
-    if args.markdown:
-        write_section(args.markdown, "solvers", "## Solvers and budget queries\n\n`python benchmarks/solvers.py "
-                      "--markdown BENCHMARKS.md`; synthetic tables, medians in one process.\n\n" + text)
+    publish("| what | figure | against the goal |\n|---|---|---|\n" + "\n".join(rows), args.markdown, "solvers",
+            "Solvers and budget queries", "synthetic tables, medians in one process.")
 
 
 if __name__ == "__main__":
