@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write a file atomically: a reader sees the old file or the whole new one, never a part."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator:
+    """A binary file to write that replaces `path` whole when the block ends without error: a reader
+    sees the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -27,6 +29,31 @@ def write_text(path: str | Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_file(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def write_npz(path: str | Path, meta: dict, arrays: dict, *, compress: bool = False) -> None:
+    """Arrays and a JSON `meta` in one `.npz` file, atomically."""
+    import numpy as np
+
+    with atomic_file(path) as f:
+        (np.savez_compressed if compress else np.savez)(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def read_npz(path: str | Path) -> tuple[dict, dict]:
+    """What `write_npz` wrote: (meta, arrays). Raises OSError or ValueError for anything else."""
+    import numpy as np
+
+    try:
+        with np.load(path) as data:
+            return json.loads(str(data["meta"])), {k: data[k] for k in data.files if k != "meta"}
+    except KeyError as exc:
+        raise ValueError(f"no {exc} in the file") from None
 
 
 def write_json(path: str | Path, data) -> None:

@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="result.json", help="result file (default result.json)")
     p.add_argument("--export", dest="export_dir", help="also write the pruned model to this directory")
     p.add_argument("--planner", help="add what the search evaluated to this planner file (made if missing)")
+    g = p.add_argument_group("evolution")
+    g.add_argument("--generations", type=int, help="generations per round (default 50)")
+    g.add_argument("--offspring", type=int, help="children per generation (default 64)")
+    g.add_argument("--init", help="start from: dp (default), admm, owl, uniform, or a result.json")
+    g.add_argument("--rounds", type=int, help="coarse-to-fine rounds, each on a grid half as fine (default 1)")
+    g.add_argument("--patience", type=int, help="end a round after this many generations without improvement")
+    g.add_argument("--max-evaluations", type=int, help="stop after this many candidate evaluations")
+    g.add_argument("--max-seconds", type=float, help="stop after this much wall time (results then vary)")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint of this same command")
+    g.add_argument("--checkpoint", help="checkpoint file (default: the --out file + .checkpoint.npz)")
     _add_model_options(p)
 
     p = commands.add_parser("compare", help="run several methods at one budget and tabulate them")
@@ -152,10 +162,44 @@ def _add_to_planner(path: str, session: Session, results: list[Result]) -> None:
     print(f"planner -> {path} ({planner.n_points} evaluated allocations)")
 
 
+EVOLUTION_FLAGS = ("generations", "offspring", "rounds", "patience", "max_evaluations", "max_seconds")
+
+
+def _method_options(args: argparse.Namespace, session: Session):
+    """Searcher options from the evolution flags; `--init FILE` becomes a start allocation."""
+    options = {name: getattr(args, name) for name in EVOLUTION_FLAGS if getattr(args, name) is not None}
+    init = None
+    if args.init is not None:
+        if args.init.endswith(".json"):
+            init = _levels_from_result(args.init, session)
+        else:
+            options["init"] = args.init
+    if (options or args.init) and args.method != "evolution":
+        raise ConfigError(f"--generations/--offspring/--init/--rounds/... belong to --method evolution, "
+                          f"not {args.method}")
+    return options, init
+
+
+def _levels_from_result(path: str, session: Session):
+    """A result file's allocation on this session's grid (matched by removed groups per unit)."""
+    result = Result.load(path)
+    space = session.space
+    if set(result.allocation) != {u.name for u in space.units}:
+        raise ConfigError(f"--init {path!r} was searched on other units; use a result of this model and space")
+    removed = [int(round(result.allocation[u.name] * u.groups)) for u in space.units]
+    levels = space.level_of_counts(removed)
+    if levels is None:
+        raise ConfigError(f"--init {path!r} lies off this level grid; search with its --grid-step")
+    return levels
+
+
 def _search(args: argparse.Namespace) -> int:
     session = _session(args)
+    options, init = _method_options(args, session)
+    checkpoint = args.checkpoint or f"{args.out}.checkpoint.npz"
     result = search(args.budget, method=args.method, seed=args.seed, session=session, out=args.out,
-                    export_dir=args.export_dir)
+                    export_dir=args.export_dir, init=init, method_options=options, checkpoint=checkpoint,
+                    resume=args.resume, progress=not args.quiet)
     print(f"\n{result.method} at {','.join(args.budget)} on {session.space.family}, {session.space.granularity}: "
           f"{session.space.n_units} units, seed {result.seed}, {result.seconds:.1f} s in all")
     _table(session, [result])

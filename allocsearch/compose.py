@@ -12,6 +12,7 @@ The same code builds the exported model, so an export equals the evaluated candi
 
 from __future__ import annotations
 
+import weakref
 from typing import Protocol
 
 import numpy as np
@@ -33,7 +34,9 @@ class VariantSource(Protocol):
 class Composer:
     """Applies allocations to a model in place; remembers the dense parameters to restore them.
 
-    Make it while the model is dense, and let it be the only thing that changes the model.
+    Make it while the model is dense. Several composers may share one model (a session and its
+    refined-grid successor): the model remembers which one changed it last, and a composer taking
+    over sets every unit afresh instead of trusting what it last did.
 
     Example:
         >>> composer = Composer(model, space, supernet)
@@ -54,6 +57,10 @@ class Composer:
         """Bring the model to `levels`; returns the units that changed."""
         levels = np.asarray(levels, dtype=int)
         self.space.check(levels)
+        owner = getattr(self.model, "_allocsearch_composer", None)
+        if owner is None or owner() is not self:  # another composer changed the model since
+            object.__setattr__(self.model, "_allocsearch_composer", weakref.ref(self))
+            self.levels = np.full(self.space.n_units, -1)
         changed = np.flatnonzero(levels != self.levels).tolist()
         for u in changed:
             self._set(u, int(levels[u]))

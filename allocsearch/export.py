@@ -75,24 +75,29 @@ def export(result: Result | str | Path, out_dir: str | Path, *, model: str | Non
         result = Result.load(result)
     config = RunConfig.from_dict({**result.config, **({"model": model} if model else {})})
     session = Session(config, progress=progress)
-    if session.space.id != result.space.get("id"):
-        raise SpaceError(f"--result was searched on space {result.space.get('id')} but this model gives "
+    base_id = result.space.get("base_id", result.space.get("id"))
+    if session.space.id != base_id:
+        raise SpaceError(f"--result was searched on space {base_id} but this model gives "
                          f"{session.space.id}; pass the --model the search used")
+    if result.space.get("rounds"):  # found on a refined grid: rebuild that grid
+        grid = LevelGrid(**result.space["grid"])
+        session = session.for_space(session.space.with_counts(result.space["rounds"][-1], grid))
     return export_levels(session, session.space.levels_from_dict(result.levels), out_dir, result)
 
 
 class _KeptShapes:
-    """A variant source that only gives each unit its kept number of groups (weights come after)."""
+    """A variant source that gives each structured unit its first `kept` groups (weights load after).
 
-    def __init__(self, space: SearchSpace, levels: np.ndarray) -> None:
-        self.space, self.levels = space, levels
+    Paired with a space whose units have two levels, dense and the exported removal.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
 
     def removal(self, unit: int) -> torch.Tensor:
         u = self.space.units[unit]
-        if u.kind == "linear":
-            return torch.full((1, 1), u.n_levels, dtype=torch.int16)  # every weight kept; zeros load later
-        kept = u.groups - u.counts[self.levels[unit]]
-        return torch.tensor([u.n_levels] * kept + [0] * (u.groups - kept), dtype=torch.int16)
+        kept = u.groups - u.counts[-1]
+        return torch.tensor([u.n_levels] * kept + [1] * (u.groups - kept), dtype=torch.int16)
 
     def variant(self, unit: int, level: int):
         return None
@@ -115,10 +120,11 @@ def load_pruned(directory: str | Path, *, attn_implementation: str = "sdpa") -> 
     config = AutoConfig.from_pretrained(directory)
     auto = AutoModelForCausalLM if meta["task"] == "causal_lm" else AutoModel
     model = auto.from_config(config, attn_implementation=attn_implementation)
-    space = SearchSpace.from_model(model, granularity=meta["granularity"], space=directory / "space.yaml",
-                                   grid=LevelGrid(**meta["grid"]))
-    levels = space.levels_from_dict(meta["levels"])
-    if space.granularity == "structured":
-        Composer(model, space, _KeptShapes(space, levels)).apply(levels)
+    if meta["granularity"] == "structured":  # give every unit its exported shape
+        space = SearchSpace.from_model(model, granularity="structured", space=directory / "space.yaml")
+        kept = meta["kept_groups"]
+        space = space.with_counts([sorted({0, u.groups - kept[u.name]}) for u in space.units])
+        levels = np.array([int(u.n_levels > 1) for u in space.units])
+        Composer(model, space, _KeptShapes(space)).apply(levels)
     load_model(model, str(directory / "model.safetensors"))
     return model.eval().requires_grad_(False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .budget import Budget
+from . import _io
+from .budget import Budget, within
 from .compose import Composer
 from .cost import CostModel
 from .data import builtin_documents, read_documents, token_windows
@@ -26,7 +28,8 @@ from .models import load_model, load_tokenizer
 from .outliers import outlier_ratios
 from .result import Result
 from .runners import InProcessRunner, Runner, error_table
-from .searchers import Problem, Searcher, get_searcher
+from .run import checkpoint_seed, fingerprint, run_search
+from .searchers import get_searcher
 from .space import LevelGrid, SearchSpace
 from .supernet import Supernet, SupernetConfig
 
@@ -184,6 +187,18 @@ class Session:
         _ = self.costs, self.supernet
         return Composer(self.model, self.space, self.supernet)
 
+    def for_space(self, space: SearchSpace) -> Session:
+        """A session on another grid of the same model (coarse-to-fine), sharing the loaded model and
+        data. The model is left dense first; from then on only the new session may change it."""
+        if "composer" in self.__dict__:
+            self.composer.apply(np.zeros(self.space.n_units, dtype=int))
+        child = Session(self.config, progress=self.progress)
+        shared = ("cache_dir", "model_path", "device", "model", "tokenizer", "seq_len", "calib_tokens",
+                  "heldout_tokens", "outlier_ratios")
+        child.__dict__.update({name: self.__dict__[name] for name in shared if name in self.__dict__})
+        child.__dict__["space"] = space
+        return child
+
     @cached_property
     def outlier_ratios(self) -> np.ndarray:
         """OWL's per-block outlier ratios on the dense model.  # (blocks,)"""
@@ -207,9 +222,8 @@ class Session:
                  int((self.space.n_levels - 1).sum()))
         table = error_table(runner or InProcessRunner(self.evaluator), self.space.n_levels, fidelity=fidelity,
                             progress=self.progress)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, table)
-        os.replace(tmp, path)
+        with _io.atomic_file(path) as f:
+            np.save(f, table)
         return table
 
 
@@ -229,44 +243,32 @@ def _draw_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**31))
 
 
-def run_searcher(searcher: Searcher, runner: Runner, *, batch: int = 64) -> list[dict]:
-    """The search loop: ask, evaluate through the runner, tell, until the searcher is done.
-
-    Returns the history: every evaluated allocation with its fidelity and fitness.
-    """
-    history = []
-    while not searcher.done:
-        allocations = searcher.ask(batch)
-        if not allocations:
-            break
-        fidelity = searcher.fidelity
-        fitnesses = runner.evaluate(allocations, fidelity)
-        searcher.tell(allocations, fitnesses)
-        history += [{"levels": np.asarray(a).tolist(), "fidelity": fidelity, "fitness": f}
-                    for a, f in zip(allocations, fitnesses)]
-    return history
-
-
 def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: int | None = None,
-           config: RunConfig | None = None, runner: Runner | None = None, out: str | Path | None = None,
-           export_dir: str | Path | None = None, progress: bool = True, session: Session | None = None,
-           init: np.ndarray | dict[str, int] | None = None, **options) -> Result:
+           config: RunConfig | None = None, runner: Runner | Callable[[Session], Runner] | None = None,
+           out: str | Path | None = None, export_dir: str | Path | None = None, progress: bool = True,
+           session: Session | None = None, init: np.ndarray | dict[str, int] | None = None,
+           method_options: dict | None = None, checkpoint: str | Path | None = None, resume: bool = False,
+           **options) -> Result:
     """Search an allocation within `budget` and measure it.
 
     Args:
         budget: a `Budget` or strings like `"flops=0.5"`.
-        method: a searcher name (`uniform`, ...).
+        method: a searcher name (`uniform`, `owl`, `admm`, `dp`, `evolution`).
         seed: makes the search reproducible; None draws one (recorded in the result).
         config: a `RunConfig`; or give its fields as keyword `options` (`model="gpt2"`, ...).
-        runner: evaluates candidates; None evaluates in this process.
+        runner: evaluates candidates: a Runner, or a function of a `Session` making one (needed
+            when a search moves to refined grids); None evaluates in this process.
         out: write the result JSON here.
         export_dir: write the pruned model here.
         session: reuse a `Session` (its config wins over `config` and `options`).
         init: a known allocation (level indices, or `{unit: level}`) to start from; it is evaluated
             first and the result is never worse than it.
+        method_options: the searcher's own options (e.g. `{"generations": 100}` for evolution).
+        checkpoint: write a checkpoint here at every generation boundary; removed when done.
+        resume: continue from `checkpoint` when it holds this very search.
 
     Example:
-        >>> result = allocsearch.search("flops=0.5", method="uniform", seed=0)
+        >>> result = allocsearch.search("flops=0.5", method="dp", seed=0)
         >>> result.cost["flops_ratio"], result.heldout
     """
     start = time.perf_counter()
@@ -279,37 +281,54 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
             raise ConfigError(f"give either config= or keyword options, not both (got {sorted(options)})")
         session = Session(config or RunConfig(**options), progress=progress)
     budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+    if seed is None and resume and checkpoint and Path(checkpoint).is_file():
+        seed = checkpoint_seed(Path(checkpoint))  # the drawn seed of the search being resumed
     seed = _draw_seed() if seed is None else int(seed)
+    method_options = dict(method_options or {})
     searcher_class = get_searcher(method)
     limits = budget.limits(session.costs)
-    runner = runner or InProcessRunner(session.evaluator)
-    needs = {"errors": lambda: session.error_table(runner), "outlier_ratios": lambda: session.outlier_ratios}
-    problem = Problem(session.space, session.costs, limits, init=_checked_init(session, limits, init),
-                      **{need: needs[need]() for need in searcher_class.needs})
-    searcher = searcher_class(problem, seed=seed)
-    history = []
-    if problem.init is not None:  # the known point competes: a search never ends worse than its start
-        fitness = runner.evaluate([problem.init])
-        searcher.tell([problem.init], fitness)
-        history.append({"levels": problem.init.tolist(), "fidelity": 1.0, "fitness": fitness[0]})
-    history += run_searcher(searcher, runner)
-    levels = searcher.best_levels
-    if levels is None or not problem.feasible(levels):
-        raise RuntimeError(f"searcher {method} returned no allocation within the limits")
-    result = make_result(session, method, budget, levels, searcher.best_fitness, seed, history,
-                         time.perf_counter() - start)
+    init_levels = _checked_init(session, limits, init)
+    if runner is None:
+        factory = lambda s: InProcessRunner(s.evaluator)  # noqa: E731
+    elif hasattr(runner, "evaluate"):
+        if method_options.get("rounds", 1) > 1:
+            raise ConfigError("a search over refined grids (rounds > 1) needs runner= as a function of the session")
+        factory = lambda s: runner  # noqa: E731
+    else:
+        factory = runner
+    identity = fingerprint(method=method, options=method_options, seed=seed, limits=limits,
+                           config=asdict(session.config), space=session.space.id,
+                           init=None if init_levels is None else init_levels.tolist())
+    outcome = run_search(session, searcher_class, limits=limits, seed=seed, options=method_options,
+                         runner_factory=factory, init=init_levels,
+                         checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, identity=identity,
+                         progress=progress)
+    final = outcome.session
+    if not within(final.costs, outcome.levels, limits):
+        raise RuntimeError(f"searcher {method} returned an allocation outside the limits")
+    result = make_result(final, method, budget, outcome.levels, outcome.fitness, seed, outcome.history,
+                         time.perf_counter() - start, base=session, rounds=outcome.rounds, options=method_options)
     if out is not None:
         result.save(out)
+    if checkpoint and Path(checkpoint).is_file():
+        os.unlink(checkpoint)  # the search is complete: nothing is left to resume
     if export_dir is not None:
         from .export import export_levels
 
-        export_levels(session, levels, export_dir, result)
+        export_levels(final, outcome.levels, export_dir, result)
     return result
 
 
 def make_result(session: Session, method: str, budget: Budget, levels: np.ndarray, fitness: float, seed: int,
-                history: list[dict], seconds: float) -> Result:
+                history: list[dict], seconds: float, *, base: Session | None = None,
+                rounds: list | None = None, options: dict | None = None) -> Result:
+    """The result of `levels` on `session`; `base` is the session the search began on, when a later
+    round moved to a refined grid (`rounds` lists every round's grid)."""
     space, costs, evaluator = session.space, session.costs, session.evaluator
+    summary = {k: v for k, v in space.to_dict().items() if k != "spec"}
+    summary["base_id"] = (base or session).space.id
+    if rounds is not None and len(rounds) > 1:
+        summary["rounds"] = rounds
     total, ratios = costs.total(levels), costs.ratios(levels)
     cost = {"flops": total["flops"], "flops_ratio": ratios["flops"], "params": total["params"],
             "params_ratio": ratios["params"], "bytes": total["bytes"], "bytes_ratio": ratios["bytes"],
@@ -318,8 +337,8 @@ def make_result(session: Session, method: str, budget: Budget, levels: np.ndarra
         method=method, budget=budget.to_dict(), allocation=space.allocation_dict(levels),
         levels=space.levels_dict(levels), cost=cost, fitness=float(fitness), heldout=evaluator.heldout(levels),
         dense_heldout=evaluator.dense_heldout, seed=seed, evaluations=len(history),
-        config=asdict(session.config), space={k: v for k, v in space.to_dict().items() if k != "spec"},
-        seconds=round(seconds, 2), history=history,
+        config=asdict(session.config), space=summary, seconds=round(seconds, 2), history=history,
+        options=dict(options or {}),
     )
 
 

@@ -12,14 +12,12 @@ loaded as one `.npz` file.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import _io
 from .budget import KINDS, Budget
 from .cost import METRICS, CostModel
 from .dp import dp_allocate_constrained, dp_frontier
@@ -101,13 +99,25 @@ class Planner:
             key = levels.tobytes()
             self._measured[key] = min(fitness, self._measured.get(key, np.inf))
 
-    def add_result(self, result: Result) -> None:
-        """Record every candidate a search evaluated."""
-        if result.space.get("id") != self.space.id:
-            raise SpaceError(f"the result was searched on space {result.space.get('id')}, this planner holds "
+    def add_result(self, result: Result) -> int:
+        """Record every candidate a search evaluated; returns how many.
+
+        Points from refined grids (coarse-to-fine rounds) are kept where they lie on this planner's
+        grid, matched by the removed groups of every unit, and skipped where they do not.
+        """
+        if result.space.get("base_id", result.space.get("id")) != self.space.id:
+            raise SpaceError(f"the result was searched on space {result.space.get('base_id')}, this planner holds "
                              f"{self.space.id}; use a planner made for the same model and space")
+        rounds = result.space.get("rounds") or [[list(u.counts) for u in self.space.units]]
+        added = 0
         for point in result.history:
-            self.add(np.asarray(point["levels"]), point["fitness"], point["fidelity"])
+            grid = rounds[point.get("round", 0)]
+            removed = [grid[u][k] for u, k in enumerate(point["levels"])]
+            levels = self.space.level_of_counts(removed)
+            if levels is not None:
+                self.add(levels, point["fitness"], point["fidelity"])
+                added += 1
+        return added
 
     @property
     def n_points(self) -> int:
@@ -225,20 +235,12 @@ class Planner:
                 "seq_len": self.costs.seq_len, "dtype_bytes": self.costs.dtype_bytes, "config": self.config,
                 "resolution": self.resolution}
         levels, fitness, fidelity, _, _ = self._point_arrays()
-        arrays = {"meta": np.array(json.dumps(meta)), "errors": self.errors, "levels": levels.astype(self._small),
+        arrays = {"errors": self.errors, "levels": levels.astype(self._small),
                   "fitness": fitness, "fidelity": fidelity}
         for m in METRICS:
             arrays[f"table_{m}"] = self.costs.tables[m]
             arrays[f"frontier_errors_{m}"], arrays[f"frontier_allocations_{m}"] = self._frontier[m]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _io.write_npz(path, meta, arrays, compress=True)
 
     @classmethod
     def load(cls, path: str | Path) -> Planner:
@@ -247,10 +249,8 @@ class Planner:
             raise InputFileError(f"--planner {str(path)!r}: no such file; make one with "
                                  "`allocsearch search ... --planner FILE`")
         try:
-            with np.load(path) as data:
-                meta = json.loads(str(data["meta"]))
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, KeyError) as exc:
+            meta, arrays = _io.read_npz(path)
+        except (OSError, ValueError) as exc:
             raise InputFileError(f"--planner {str(path)!r} is not a planner file ({exc})") from None
         costs = CostModel({m: arrays[f"table_{m}"] for m in METRICS}, meta["constant"], meta["seq_len"],
                           meta["dtype_bytes"])

@@ -35,6 +35,7 @@ class Result:
     space: dict
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # the searcher's own options
 
     def save(self, path: str | Path) -> None:
         """Write atomically as JSON."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -265,6 +265,45 @@ class SearchSpace:
     def nearest_levels(self, fraction: float) -> np.ndarray:
         """Per unit, the level whose removed fraction is closest to `fraction` (ties: less removed)."""
         return np.array([int(np.argmin(np.abs(u.fractions - fraction) + 1e-12 * np.arange(u.n_levels))) for u in self.units])
+
+    def with_counts(self, counts, grid: LevelGrid | None = None) -> SearchSpace:
+        """The same units on other level grids: `counts[u]` removed groups per level, starting at 0."""
+        units = tuple(replace(u, counts=tuple(int(c) for c in cs)) for u, cs in zip(self.units, counts))
+        return SearchSpace(self.family, self.task, self.granularity, units, self.spec, grid or self.grid)
+
+    def refined(self, levels: np.ndarray, *, step: float, width: int = 3) -> SearchSpace:
+        """A grid `step` apart around an allocation (Tyr's coarse-to-fine).
+
+        Per unit: the removed fractions f + j * step for |j| <= width around its current fraction f,
+        snapped to whole groups (and the channel multiple), kept within the unit's range, plus 0 so
+        the dense model stays reachable. A unit too small for the step (a few heads) keeps at least
+        one group either side. The current allocation lies on the new grid.
+        """
+        counts = []
+        for unit, level in zip(self.units, levels):
+            multiple = self.grid.channel_multiple if unit.kind == "channels" else 1
+            centre, top = unit.counts[level], unit.counts[-1]
+            near = {min(top, max(0, int(round((centre / unit.groups + j * step) * unit.groups / multiple)) * multiple))
+                    for j in range(-width, width + 1)}
+            if centre > 0 and not any(c < centre for c in near):
+                near.add(max(0, centre - multiple))
+            if centre < top and not any(c > centre for c in near):
+                near.add(min(top, centre + multiple))
+            counts.append(tuple(sorted(near | {0, centre})))
+        return self.with_counts(counts, LevelGrid(step, self.grid.max_level, self.grid.channel_multiple))
+
+    def level_of_counts(self, removed: list[int]) -> np.ndarray | None:
+        """Level indices of an allocation given as removed groups per unit, or None when one is off this grid."""
+        levels = []
+        for unit, count in zip(self.units, removed):
+            if count not in unit.counts:
+                return None
+            levels.append(unit.counts.index(count))
+        return np.array(levels)
+
+    def removed_counts(self, levels: np.ndarray) -> list[int]:
+        """Removed groups per unit for an allocation: comparable across grids."""
+        return [unit.counts[k] for unit, k in zip(self.units, levels)]
 
     def check(self, levels: np.ndarray) -> None:
         """Raise if `levels` is not one valid level index per unit."""

@@ -39,13 +39,16 @@ def synthetic_problem(seed: int, n_units: int = 6, budget: float = 0.5) -> Probl
     return Problem(space, costs, {"flops": limit}, errors=errors, outlier_ratios=rng.uniform(0, 0.1, n_units))
 
 
+QUICK = {"evolution": {"generations": 8, "offspring": 16, "survivors": (4, 2, 1)}}  # small runs for the contract
+
+
 @pytest.mark.parametrize("method", sorted(SEARCHERS))
 def test_contract_budget_valid_levels_determinism_picklable(method):
     for seed in range(5):
         problem = synthetic_problem(seed)
         runs = []
         for _ in range(2):
-            searcher = get_searcher(method)(problem, seed=seed)
+            searcher = get_searcher(method)(problem, seed=seed, **QUICK.get(method, {}))
             asked = []
             while not searcher.done:
                 batch = searcher.ask(8)

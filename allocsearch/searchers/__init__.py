@@ -6,11 +6,12 @@ from ..errors import ConfigError
 from .admm import ADMM
 from .base import Problem, Proposals, Searcher
 from .dp import DP
+from .evolution import Evolution, EvolutionOptions
 from .owl import OWL
 from .repair import fill, predicted_error, repair
 from .uniform import Uniform, shaped_levels, uniform_levels
 
-SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (Uniform, OWL, ADMM, DP)}
+SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (Uniform, OWL, ADMM, DP, Evolution)}
 
 
 def get_searcher(method: str) -> type[Searcher]:
@@ -19,5 +20,5 @@ def get_searcher(method: str) -> type[Searcher]:
     return SEARCHERS[method]
 
 
-__all__ = ["ADMM", "DP", "OWL", "SEARCHERS", "Problem", "Proposals", "Searcher", "Uniform", "fill",
+__all__ = ["ADMM", "DP", "OWL", "Evolution", "EvolutionOptions", "SEARCHERS", "Problem", "Proposals", "Searcher", "Uniform", "fill",
            "get_searcher", "predicted_error", "repair", "shaped_levels", "uniform_levels"]

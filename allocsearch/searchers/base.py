@@ -15,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..budget import within
+from ..errors import ConfigError
 from ..cost import CostModel
 from ..space import SearchSpace
 
@@ -47,11 +48,17 @@ class Searcher(ABC):
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
+    refine_step: float | None = None  # set when the searcher asks for a finer grid around its best
 
-    def __init__(self, problem: Problem, *, seed: int) -> None:
-        missing = [need for need in self.needs if getattr(problem, need) is None]
-        if missing:
-            raise ValueError(f"searcher {self.name} needs {', '.join(missing)} in its problem")
+    @classmethod
+    def requirements(cls, options: dict, has_init: bool) -> frozenset[str]:
+        """The optional `Problem` fields this searcher reads, given its options and whether the
+        problem comes with a start allocation."""
+        return cls.needs
+
+    def __init__(self, problem: Problem, *, seed: int, **options) -> None:
+        if options:
+            raise ConfigError(f"method {self.name} takes no options (got {', '.join(sorted(options))})")
         self.problem = problem
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -62,6 +69,26 @@ class Searcher(ABC):
     def fidelity(self) -> float:
         """Share of calibration tokens the next asked batch is scored on."""
         return 1.0
+
+    @property
+    def at_boundary(self) -> bool:
+        """True where `state()` captures everything, so a checkpoint can be written (iterative searchers)."""
+        return False
+
+    def progress(self) -> tuple[int, int, dict] | None:
+        """(steps done, steps planned, figures to show) for a progress bar, or None."""
+        return None
+
+    def state(self) -> dict:
+        """What a checkpoint holds (iterative searchers, at a boundary)."""
+        raise NotImplementedError(f"searcher {self.name} keeps no checkpoints")
+
+    def load_state(self, state: dict) -> None:
+        raise NotImplementedError(f"searcher {self.name} keeps no checkpoints")
+
+    def rebase(self, problem: Problem) -> None:
+        """Continue on the refined grid of `problem` (searchers that set `refine_step`)."""
+        raise NotImplementedError(f"searcher {self.name} does not refine its grid")
 
     @property
     @abstractmethod

@@ -1,0 +1,269 @@
+"""evolution: (1 + lambda) elitist evolution over level indices, after EvoPress and Tyr-the-Pruner.
+
+- Start: the allocation of another method (`init`: dp by default, admm, owl or uniform), or a given
+  allocation (`Problem.init`); it is measured at full fidelity and becomes the parent.
+- Offspring: `offspring` distinct children of the parent, none seen before in this round. A child is
+  made by `min(randint(1, 3), randint(1, 3))` level switches: one unit keeps one level more, another
+  removes one level more; when costs differ between units and the budget breaks, further random
+  units remove one level more until it holds. No child ever exceeds the budget.
+- Multi-step selection: every child is scored on the first `fidelities[0]` share of the calibration
+  tokens, the best `survivors[0]` go on to `fidelities[1]`, and so on; the last stage is at full
+  fidelity and its best replaces the parent only if strictly better (the parent competes there).
+- Rounds (Tyr's coarse-to-fine): when a round stops (`generations`, or `patience` generations
+  without improvement) and `rounds` remain, the searcher asks for a grid half as fine around its best
+  allocation (`refine_step`); the search loop rebuilds the cache on it and continues from there.
+- Stops early on `max_evaluations` or `max_seconds` (the latter makes results depend on the machine).
+
+All randomness comes from the searcher's one generator, so a seed fixes the sequence of candidates;
+`state()` / `load_state()` capture everything at a generation boundary for checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import Problem, Searcher
+
+INITS = ("dp", "admm", "owl", "uniform")
+
+
+@dataclass(frozen=True)
+class EvolutionOptions:
+    """Options of `Evolution` (see the module notes)."""
+
+    offspring: int = 64
+    generations: int = 50
+    patience: int | None = None
+    fidelities: tuple[float, ...] = (1 / 16, 1 / 4, 1.0)
+    survivors: tuple[int, ...] = (8, 2, 1)
+    init: str = "dp"
+    rounds: int = 1
+    max_evaluations: int | None = None
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fidelities", tuple(float(f) for f in self.fidelities))
+        object.__setattr__(self, "survivors", tuple(int(s) for s in self.survivors))
+        if self.offspring < 1 or self.generations < 1 or self.rounds < 1:
+            raise ConfigError(f"offspring={self.offspring}, generations={self.generations} and rounds={self.rounds} "
+                              "must be positive")
+        if self.init not in INITS:
+            raise ConfigError(f"init={self.init!r} must be one of {', '.join(INITS)}, or a result file")
+        f, s = self.fidelities, self.survivors
+        if len(f) != len(s) or not f or f[-1] != 1.0 or any(b <= a for a, b in zip(f, f[1:])) or f[0] <= 0:
+            raise ConfigError(f"fidelities={f} must increase to 1.0, one per selection stage; survivors={s} "
+                              "gives the number kept after each")
+        if s[-1] != 1 or any(b > a for a, b in zip(s, s[1:])) or s[0] < 1:
+            raise ConfigError(f"survivors={s} must not increase and must end with 1")
+
+
+class Evolution(Searcher):
+    """(1 + lambda) evolution with multi-step selection and coarse-to-fine rounds."""
+
+    name = "evolution"
+
+    @classmethod
+    def requirements(cls, options: dict, has_init: bool) -> frozenset[str]:
+        if has_init:
+            return frozenset()
+        init = options.get("init", EvolutionOptions.init)
+        return frozenset({"dp": {"errors"}, "admm": {"errors"}, "owl": {"outlier_ratios"}}.get(init, set()))
+
+    def __init__(self, problem: Problem, *, seed: int, **options) -> None:
+        known = set(EvolutionOptions.__dataclass_fields__)
+        if set(options) - known:
+            raise ConfigError(f"method evolution has no option {', '.join(sorted(set(options) - known))}; "
+                              f"its options are {', '.join(sorted(known))}")
+        self.options = EvolutionOptions(**options)
+        super().__init__(problem, seed=seed)
+        self.round = 0
+        self.generation = 0  # in this round
+        self.generations_done = 0  # over all rounds
+        self.evaluations = 0
+        self.elapsed = 0.0
+        self._clock = time.monotonic()
+        self._start(problem)
+
+    # -- phases -----------------------------------------------------------------------------------
+
+    def _start(self, problem: Problem) -> None:
+        """Begin a round on `problem`: first measure the start allocation."""
+        self.problem = problem
+        self.best_levels, self.best_fitness = None, np.inf
+        self.parent, self.parent_fitness = None, np.inf
+        self.stalls, self.stage = 0, 0
+        self.phase = "init"
+        self.refine_step: float | None = None
+        self._seen: set[bytes] = set()
+        self._pool: list[np.ndarray] = []
+        self._pending: list[np.ndarray] = []
+        self._scores: dict[bytes, float] = {}
+        if problem.init is not None:
+            self._inner = None
+            self._pending = [np.asarray(problem.init, dtype=np.int64)]
+        else:
+            from . import get_searcher
+
+            self._inner = get_searcher(self.options.init)(problem, seed=int(self.rng.integers(2**31)))
+
+    def rebase(self, problem: Problem) -> None:
+        """Continue on a refined grid; `problem.init` is the best allocation, expressed on it."""
+        self.round += 1
+        self.generation = 0
+        self._start(problem)
+
+    @property
+    def done(self) -> bool:
+        return self.phase in ("done", "refine")
+
+    @property
+    def at_boundary(self) -> bool:
+        """Between generations: what `state()` captures is all there is."""
+        return self.phase == "evolve" and self.stage == 0 and not self._pending and not self._pool
+
+    @property
+    def fidelity(self) -> float:
+        return self.options.fidelities[self.stage] if self.phase == "evolve" else 1.0
+
+    def progress(self) -> tuple[int, int, dict]:
+        total = self.options.generations * self.options.rounds
+        return self.generations_done, total, {"best": f"{self.best_fitness:.5g}", "evals": self.evaluations,
+                                              "round": self.round}
+
+    # -- ask / tell ---------------------------------------------------------------------------------
+
+    def ask(self, n: int) -> list[np.ndarray]:
+        if self.phase == "init" and self._inner is not None and not self._pending:
+            return self._inner.ask(n)
+        if self.phase == "evolve" and not self._pool:
+            self._pool = self._offspring()
+            self._pending = list(self._pool)
+            if not self._pool:  # every neighbour has been seen: the round has converged
+                self._end_round()
+                return []
+        asked, self._pending = self._pending[:n], self._pending[n:]
+        return asked
+
+    def tell(self, allocations: list[np.ndarray], fitnesses: list[float]) -> None:
+        if self.fidelity == 1.0:  # scores on fewer tokens are not comparable: they never make the best
+            super().tell(allocations, fitnesses)
+        self.evaluations += len(allocations)
+        if self.phase == "init":
+            if self._inner is not None:
+                self._inner.tell(allocations, fitnesses)
+                finished = self._inner.done
+            else:  # the start allocation, measured by us or by the search loop before we asked
+                told = {np.asarray(a, dtype=np.int64).tobytes() for a in allocations}
+                self._pending = [p for p in self._pending if p.tobytes() not in told]
+                finished = not self._pending and self.best_levels is not None
+            if finished:
+                self.parent, self.parent_fitness = self.best_levels.copy(), self.best_fitness
+                self._seen.add(self.parent.tobytes())
+                self.phase = "evolve"
+            return
+        for levels, fitness in zip(allocations, fitnesses):
+            self._scores[np.asarray(levels, dtype=np.int64).tobytes()] = float(fitness)
+        if self._pending or len(self._scores) < len(self._pool):
+            return
+        ranked = sorted(self._pool, key=lambda c: self._scores[c.tobytes()])  # stable: ties keep order
+        if self.stage + 1 < len(self.options.fidelities):
+            self._pool = ranked[: self.options.survivors[self.stage]]
+            self._pending, self._scores = list(self._pool), {}
+            self.stage += 1
+            return
+        best = ranked[0]
+        if self._scores[best.tobytes()] < self.parent_fitness:
+            self.parent, self.parent_fitness = best.copy(), self._scores[best.tobytes()]
+            self.stalls = 0
+        else:
+            self.stalls += 1
+        self._pool, self._scores, self.stage = [], {}, 0
+        self.generation += 1
+        self.generations_done += 1
+        self._after_generation()
+
+    def _after_generation(self) -> None:
+        o = self.options
+        self.elapsed += time.monotonic() - self._clock
+        self._clock = time.monotonic()
+        if (o.max_evaluations is not None and self.evaluations >= o.max_evaluations) or \
+                (o.max_seconds is not None and self.elapsed >= o.max_seconds):
+            self.phase = "done"
+        elif self.generation >= o.generations or (o.patience is not None and self.stalls >= o.patience):
+            self._end_round()
+
+    def _end_round(self) -> None:
+        if self.round + 1 < self.options.rounds:
+            self.phase = "refine"
+            self.refine_step = self.problem.space.grid.step / 2
+        else:
+            self.phase = "done"
+
+    # -- offspring ----------------------------------------------------------------------------------
+
+    def _mutate(self, parent: np.ndarray) -> np.ndarray:
+        top = self.problem.space.n_levels - 1
+        child = parent.copy()
+        moves = min(int(self.rng.integers(1, 4)), int(self.rng.integers(1, 4)))
+        for _ in range(moves):
+            for _attempt in range(20):
+                keep, remove = np.flatnonzero(child > 0), np.flatnonzero(child < top)
+                if not len(keep) or not len(remove):
+                    break
+                a, b = int(self.rng.choice(keep)), int(self.rng.choice(remove))
+                if a == b:
+                    continue
+                trial = child.copy()
+                trial[a] -= 1
+                trial[b] += 1
+                while not self.problem.feasible(trial):  # heterogeneous costs: remove more elsewhere
+                    more = np.flatnonzero((trial < top) & (np.arange(len(trial)) != a))
+                    if not len(more):
+                        break
+                    trial[int(self.rng.choice(more))] += 1
+                if self.problem.feasible(trial):
+                    child = trial
+                    break
+        return child
+
+    def _offspring(self) -> list[np.ndarray]:
+        children: list[np.ndarray] = []
+        for _ in range(10 * self.options.offspring):  # small spaces run out of unseen neighbours
+            if len(children) == self.options.offspring:
+                break
+            child = self._mutate(self.parent)
+            key = child.tobytes()
+            if key not in self._seen:
+                self._seen.add(key)
+                children.append(child)
+        return children
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """Everything needed to continue from this generation boundary (JSON data plus arrays)."""
+        if not self.at_boundary:
+            raise RuntimeError("state() is taken between generations only")
+        seen = np.frombuffer(b"".join(sorted(self._seen)), dtype=np.int64).reshape(-1, self.problem.space.n_units)
+        return {"round": self.round, "generation": self.generation, "generations_done": self.generations_done,
+                "evaluations": self.evaluations, "elapsed": self.elapsed, "stalls": self.stalls,
+                "parent": self.parent.tolist(), "parent_fitness": self.parent_fitness,
+                "best": self.best_levels.tolist(), "best_fitness": self.best_fitness,
+                "rng": self.rng.bit_generator.state, "options": asdict(self.options), "seen": seen}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from `state()` taken on a problem with the same space as this one."""
+        self.round, self.generation = int(state["round"]), int(state["generation"])
+        self.generations_done, self.evaluations = int(state["generations_done"]), int(state["evaluations"])
+        self.elapsed, self.stalls = float(state["elapsed"]), int(state["stalls"])
+        self.parent, self.parent_fitness = np.array(state["parent"], dtype=np.int64), float(state["parent_fitness"])
+        self.best_levels, self.best_fitness = np.array(state["best"], dtype=np.int64), float(state["best_fitness"])
+        self.rng.bit_generator.state = state["rng"]
+        self._seen = {row.tobytes() for row in np.asarray(state["seen"], dtype=np.int64)}
+        self._inner, self._pending, self._pool, self._scores, self.stage = None, [], [], {}, 0
+        self.phase = "evolve"
+        self._clock = time.monotonic()
