@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-seconds", type=float, help="stop after this much wall time (results then vary)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint of this same command")
     g.add_argument("--checkpoint", help="checkpoint file (default: the --out file + .checkpoint.npz)")
+    g = p.add_argument_group("optuna")
+    g.add_argument("--sampler", choices=["tpe", "gp", "nsga2", "cmaes", "random"], help="default tpe")
+    g.add_argument("--trials", type=int, help="trials in the study in all (default 200); a rerun continues to it")
+    g.add_argument("--batch", type=int, help="trials asked, evaluated and told together (default 8)")
+    g.add_argument("--study", help="study name (default: family-granularity-budget)")
+    g.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db; "
+                                     "journal:///path/file.log for several processes)")
+    g.add_argument("--prune", type=_fraction, help="score each batch on this share of the tokens first")
+    g.add_argument("--keep", type=_fraction, help="share of a batch that goes on to full fidelity (default 0.25)")
+    g.add_argument("--warm-start", help="allocations enqueued first, comma-separated (default dp,admm)")
     _add_model_options(p)
 
     p = commands.add_parser("compare", help="run several methods at one budget and tabulate them")
@@ -101,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", action="store_true", help="also compute the error table E[unit, level]")
     _add_model_options(p)
 
+    p = commands.add_parser("dashboard", help="serve optuna-dashboard on 127.0.0.1 for a study's storage")
+    p.add_argument("--study", required=True, help="the study name used by search --method optuna")
+    p.add_argument("--storage", help="its storage URL (default sqlite:///studies/STUDY.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+
     p = commands.add_parser("query", help="the best known allocation within a budget, from a planner file")
     p.add_argument("--planner", required=True, help="planner file written by search --planner")
     _add_budget(p)
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_stderr(quiet=args.quiet)
     commands = {"search": _search, "compare": _compare, "export": _export, "info": _info, "query": _query,
-                "frontier": _frontier}
+                "frontier": _frontier, "dashboard": _dashboard}
     try:
         return commands[args.command](args)
     except AllocSearchError as exc:
@@ -157,27 +173,47 @@ def _add_to_planner(path: str, session: Session, results: list[Result]) -> None:
 
     planner = Planner.load(path) if Path(path).is_file() else Planner.from_session(session)
     for result in results:
-        planner.add_result(result)
+        if result.method == "optuna":  # the whole study, earlier runs included
+            options = result.options
+            planner.add_study(options["study"], options.get("storage"))
+        else:
+            planner.add_result(result)
     planner.save(path)
     print(f"planner -> {path} ({planner.n_points} evaluated allocations)")
 
 
-EVOLUTION_FLAGS = ("generations", "offspring", "rounds", "patience", "max_evaluations", "max_seconds")
+METHOD_FLAGS = {
+    "evolution": ("generations", "offspring", "rounds", "patience", "max_evaluations", "max_seconds"),
+    "optuna": ("sampler", "trials", "batch", "study", "storage", "prune", "keep"),
+}
 
 
 def _method_options(args: argparse.Namespace, session: Session):
-    """Searcher options from the evolution flags; `--init FILE` becomes a start allocation."""
-    options = {name: getattr(args, name) for name in EVOLUTION_FLAGS if getattr(args, name) is not None}
+    """The method's own options from its flags; `--init FILE` becomes a start allocation."""
+    given = {name for flags in METHOD_FLAGS.values() for name in flags if getattr(args, name) is not None}
+    given |= {name for name in ("init", "warm_start") if getattr(args, name) is not None}
+    allowed = set(METHOD_FLAGS.get(args.method, ())) | {"evolution": {"init"}, "optuna": {"warm_start"}}.get(
+        args.method, set())
+    if given - allowed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(given - allowed))
+        raise ConfigError(f"{flags} do not apply to --method {args.method}")
+    options = {name: getattr(args, name) for name in METHOD_FLAGS.get(args.method, ()) if getattr(args, name) is not None}
     init = None
     if args.init is not None:
         if args.init.endswith(".json"):
             init = _levels_from_result(args.init, session)
         else:
             options["init"] = args.init
-    if (options or args.init) and args.method != "evolution":
-        raise ConfigError(f"--generations/--offspring/--init/--rounds/... belong to --method evolution, "
-                          f"not {args.method}")
+    if args.warm_start is not None:
+        options["warm_start"] = tuple(w.strip() for w in args.warm_start.split(",") if w.strip())
+    if args.method == "optuna" and "study" not in options:
+        options["study"] = _default_study(args, session)
     return options, init
+
+
+def _default_study(args: argparse.Namespace, session: Session) -> str:
+    budget = "-".join(b.replace("=", "") for b in args.budget)
+    return f"{session.space.family}-{session.space.granularity}-{budget}"
 
 
 def _levels_from_result(path: str, session: Session):
@@ -254,6 +290,24 @@ def _info(args: argparse.Namespace) -> int:
         if errors is not None:
             line += "  | " + " ".join(f"{e:.3g}" for e in errors[u, : unit.n_levels])
         print(line)
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    from .searchers.study import default_storage, open_storage
+
+    url = args.storage or default_storage(args.study)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"--study {args.study!r}: no storage at {url}; run search --method optuna --study "
+                          f"{args.study} first, or pass --storage")
+    storage = open_storage(url)
+    names = [s.study_name for s in storage.get_all_studies()]
+    if args.study not in names:
+        raise ConfigError(f"--study {args.study!r} is not in {url}; it holds {', '.join(names) or 'no study'}")
+    print(f"optuna-dashboard for {url} on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
+    run_server(storage, host=args.host, port=args.port)
     return 0
 
 

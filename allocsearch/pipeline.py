@@ -308,6 +308,7 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
         raise RuntimeError(f"searcher {method} returned an allocation outside the limits")
     result = make_result(final, method, budget, outcome.levels, outcome.fitness, seed, outcome.history,
                          time.perf_counter() - start, base=session, rounds=outcome.rounds, options=method_options)
+    outcome.searcher.finish(result.heldout, result.dense_heldout)
     if out is not None:
         result.save(out)
     if checkpoint and Path(checkpoint).is_file():

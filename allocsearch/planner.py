@@ -119,6 +119,28 @@ class Planner:
                 added += 1
         return added
 
+    def add_study(self, study: str, storage: str | None = None) -> int:
+        """Record every trial of an Optuna study made by `search(method="optuna")`; returns how many."""
+        import optuna
+        from optuna.trial import TrialState
+
+        from .searchers.study import default_storage, open_storage
+
+        loaded = optuna.load_study(study_name=study, storage=open_storage(storage or default_storage(study)))
+        if loaded.user_attrs.get("space") != self.space.id:
+            raise SpaceError(f"study {study!r} searched space {loaded.user_attrs.get('space')}, this planner holds "
+                             f"{self.space.id}")
+        added = 0
+        for trial in loaded.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if trial.state == TrialState.COMPLETE:
+                self.add(np.array(trial.user_attrs["levels"]), trial.values[0], 1.0)
+            elif trial.intermediate_values:
+                self.add(np.array(trial.user_attrs["levels"]), trial.intermediate_values[0], loaded.user_attrs["prune"])
+            else:
+                continue
+            added += 1
+        return added
+
     @property
     def n_points(self) -> int:
         return len(self._points)

@@ -42,6 +42,7 @@ class Outcome:
     history: list[dict]
     session: object
     rounds: list[list[list[int]]]  # per round, the removed counts of every level of every unit
+    searcher: Searcher
 
 
 def _problem(session, limits: dict, searcher_class: type[Searcher], options: dict, init, runner) -> Problem:
@@ -113,7 +114,7 @@ def run_search(session, searcher_class: type[Searcher], *, limits: dict[str, flo
         bar.close()
     if searcher.best_levels is None:
         raise RuntimeError(f"searcher {searcher.name} found no allocation")
-    return Outcome(searcher.best_levels, searcher.best_fitness, history, session, rounds)
+    return Outcome(searcher.best_levels, searcher.best_fitness, history, session, rounds, searcher)
 
 
 def _show(searcher: Searcher, bar, progress: bool):

@@ -39,7 +39,8 @@ def synthetic_problem(seed: int, n_units: int = 6, budget: float = 0.5) -> Probl
     return Problem(space, costs, {"flops": limit}, errors=errors, outlier_ratios=rng.uniform(0, 0.1, n_units))
 
 
-QUICK = {"evolution": {"generations": 8, "offspring": 16, "survivors": (4, 2, 1)}}  # small runs for the contract
+QUICK = {"evolution": {"generations": 8, "offspring": 16, "survivors": (4, 2, 1)},  # small runs for the contract
+         "optuna": {"trials": 24, "batch": 6, "storage": ":memory:"}}
 
 
 @pytest.mark.parametrize("method", sorted(SEARCHERS))

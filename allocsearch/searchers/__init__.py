@@ -8,10 +8,11 @@ from .base import Problem, Proposals, Searcher
 from .dp import DP
 from .evolution import Evolution, EvolutionOptions
 from .owl import OWL
+from .study import OptunaStudy, StudyOptions
 from .repair import fill, predicted_error, repair
 from .uniform import Uniform, shaped_levels, uniform_levels
 
-SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (Uniform, OWL, ADMM, DP, Evolution)}
+SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (Uniform, OWL, ADMM, DP, Evolution, OptunaStudy)}
 
 
 def get_searcher(method: str) -> type[Searcher]:
@@ -20,5 +21,5 @@ def get_searcher(method: str) -> type[Searcher]:
     return SEARCHERS[method]
 
 
-__all__ = ["ADMM", "DP", "OWL", "Evolution", "EvolutionOptions", "SEARCHERS", "Problem", "Proposals", "Searcher", "Uniform", "fill",
+__all__ = ["ADMM", "DP", "OWL", "Evolution", "EvolutionOptions", "OptunaStudy", "StudyOptions", "SEARCHERS", "Problem", "Proposals", "Searcher", "Uniform", "fill",
            "get_searcher", "predicted_error", "repair", "shaped_levels", "uniform_levels"]

@@ -79,6 +79,9 @@ class Searcher(ABC):
         """(steps done, steps planned, figures to show) for a progress bar, or None."""
         return None
 
+    def finish(self, heldout: float | None, dense_heldout: float | None) -> None:
+        """Called once the best allocation's held-out score is measured (a study records it)."""
+
     def state(self) -> dict:
         """What a checkpoint holds (iterative searchers, at a boundary)."""
         raise NotImplementedError(f"searcher {self.name} keeps no checkpoints")

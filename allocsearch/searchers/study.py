@@ -1,0 +1,276 @@
+"""optuna: an allocation search as an Optuna study, in storage that dashboards read and runs resume.
+
+- One int parameter per unit (its level index). Samplers: `tpe` (multivariate, the default), `gp`,
+  `nsga2` (two objectives, fitness and cost, for a Pareto front), `cmaes`, `random`.
+- Budget: a sampled allocation that breaks a limit is repaired before evaluation (levels raised
+  where the error table says they cost least per unit of cost saved, see `repair`); the sampled
+  allocation's worst relative excess is recorded with `Trial.set_constraint("budget", ...)` (<= 0 is
+  feasible), and the repaired allocation with its costs goes into the trial's user attributes. No
+  infeasible allocation is ever evaluated.
+- Warm start: a new study first gets the dp and admm (price decomposition) allocations enqueued, and
+  uniform's when asked for.
+- Batches of `batch` trials are asked together, evaluated through the Runner and told in trial
+  order. The sampler of batch k is seeded from (seed, k), so a study is reproducible from its seed,
+  whatever evaluates it, and a resumed study continues exactly as an uninterrupted one would:
+  trials a killed run left RUNNING are finished first (none lost, none duplicated).
+- Multi-fidelity: with `prune` set, a batch is first scored on that share of the calibration
+  tokens; only the best `keep` share goes on to full fidelity, the rest are told PRUNED.
+
+The study's own user attributes record the search it belongs to (space, limits, seed, sampler); a
+study of another search under the same name is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .admm import price_allocation
+from .base import Problem, Searcher
+from .dp import DP
+from .repair import repair
+from .uniform import uniform_levels
+
+SAMPLERS = ("tpe", "gp", "nsga2", "cmaes", "random")
+WARM_STARTS = ("dp", "admm", "uniform")
+
+
+def open_storage(url: str):
+    """An Optuna storage: `sqlite:///...` (or any RDB URL), `journal:///path/file.log` for a
+    journal file that several processes may share, or `:memory:` for one that dies with the process."""
+    import optuna
+
+    if url == ":memory:":
+        return optuna.storages.InMemoryStorage()
+    if url.startswith("journal:///"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal://"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL
+        raise ConfigError(f"--storage {url!r} is not a usable Optuna storage ({exc.__class__.__name__}: {exc}); "
+                          "use sqlite:///studies/NAME.db or journal:///path/file.log") from None
+
+
+def default_storage(study: str) -> str:
+    """`sqlite:///studies/<study>.db`, relative to the working directory."""
+    return f"sqlite:///studies/{study}.db"
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Options of the `optuna` method (see the module notes)."""
+
+    sampler: str = "tpe"
+    trials: int = 200
+    batch: int = 8
+    study: str = "allocsearch"
+    storage: str | None = None  # None: default_storage(study)
+    prune: float | None = None
+    keep: float = 0.25
+    warm_start: tuple[str, ...] = ("dp", "admm")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "warm_start", tuple(self.warm_start))
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler={self.sampler!r} must be one of {', '.join(SAMPLERS)}")
+        if self.trials < 1 or self.batch < 1:
+            raise ConfigError(f"trials={self.trials} and batch={self.batch} must be positive")
+        if self.prune is not None and not (0 < self.prune < 1 and 0 < self.keep <= 1):
+            raise ConfigError(f"prune={self.prune} must lie in (0, 1) and keep={self.keep} in (0, 1]")
+        if self.prune is not None and self.sampler == "nsga2":
+            raise ConfigError("prune works with one objective; nsga2 optimises two: drop --prune")
+        unknown = set(self.warm_start) - set(WARM_STARTS)
+        if unknown:
+            raise ConfigError(f"warm_start {sorted(unknown)} unknown; choose from {', '.join(WARM_STARTS)}")
+
+
+def make_sampler(name: str, seed: int):
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+class OptunaStudy(Searcher):
+    """The `optuna` method: ask/tell over an Optuna study in storage."""
+
+    name = "optuna"
+    needs = frozenset({"errors"})
+
+    def __init__(self, problem: Problem, *, seed: int, **options) -> None:
+        import optuna
+
+        known = set(StudyOptions.__dataclass_fields__)
+        if set(options) - known:
+            raise ConfigError(f"method optuna has no option {', '.join(sorted(set(options) - known))}; "
+                              f"its options are {', '.join(sorted(known))}")
+        self.options = StudyOptions(**options)
+        super().__init__(problem, seed=seed)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        o = self.options
+        self.names = [u.name for u in problem.space.units]
+        self.cost_metric = problem.primary
+        multi = o.sampler == "nsga2"
+        storage_url = o.storage or default_storage(o.study)
+        self.study = optuna.create_study(
+            study_name=o.study, storage=open_storage(storage_url), load_if_exists=True,
+            directions=["minimize", "minimize"] if multi else ["minimize"])
+        identity = {"space": problem.space.id, "limits": {m: float(v) for m, v in problem.limits.items()},
+                    "seed": seed, "sampler": o.sampler, "batch": o.batch, "prune": o.prune}
+        if not self.study.trials and not self.study.user_attrs:
+            for key, value in identity.items():
+                self.study.set_user_attr(key, value)
+            with warnings.catch_warnings():  # metric names are experimental in Optuna, and what dashboards show
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(["fitness", f"{self.cost_metric}_ratio"] if multi else ["fitness"])
+            for source, levels in self._warm_starts():
+                self.study.enqueue_trial(dict(zip(self.names, levels.tolist())), user_attrs={"warm_start": source})
+        elif {k: self.study.user_attrs.get(k) for k in identity} != identity:
+            raise ConfigError(f"study {o.study!r} in {storage_url} belongs to another search "
+                              f"({self.study.user_attrs}); choose another --study name or the same settings")
+        self._trials: list = []  # the current batch's optuna Trials, in trial order
+        self._levels: list[np.ndarray] = []  # their repaired allocations
+        self._stage = 0
+        self._survivors: list[int] = []  # indices into the batch that go on to full fidelity
+        self._load_best()
+
+    # -- study bookkeeping ------------------------------------------------------------------------
+
+    def _warm_starts(self) -> list[tuple[str, np.ndarray]]:
+        found = []
+        for source in self.options.warm_start:
+            if source == "dp":
+                levels = DP(self.problem, seed=self.seed).propose()[0]
+            elif source == "admm":
+                levels = price_allocation(self.problem, self.problem.errors)
+            else:
+                levels = uniform_levels(self.problem)
+            if not any(np.array_equal(levels, other) for _, other in found):
+                found.append((source, np.asarray(levels, dtype=np.int64)))
+        return found
+
+    def _load_best(self) -> None:
+        """Earlier runs of this study count: the best complete trial is the best so far."""
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.values[0] < self.best_fitness:
+                self.best_fitness, self.best_levels = t.values[0], np.array(t.user_attrs["levels"])
+
+    def _finished(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                  TrialState.FAIL)))
+
+    def _next_batch(self) -> None:
+        """The next batch: the trials a killed run left RUNNING first (completed to their whole batch
+        with the batch's own sampler), else new ones."""
+        import optuna
+        from optuna.trial import TrialState
+
+        o = self.options
+        trials = self.study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        n_asked = sum(t.state != TrialState.WAITING for t in trials)
+        if not running and n_asked >= o.trials:
+            self._trials = []
+            return
+        k = (running[0].number if running else n_asked) // o.batch
+        self.study.sampler = make_sampler(o.sampler, int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]))
+        self._trials = [optuna.trial.Trial(self.study, t._trial_id) for t in running]
+        while n_asked < min((k + 1) * o.batch, o.trials):
+            self._trials.append(self.study.ask())
+            n_asked += 1
+        self._levels = [self._prepare(t) for t in self._trials]
+        # a batch whose first pass was scored (and its losers pruned) before a kill goes on to full fidelity
+        first_pass_done = running and all(t.intermediate_values for t in running) and len(running) == len(self._trials)
+        self._stage = 1 if o.prune is None or first_pass_done else 0
+        self._survivors = list(range(len(self._trials))) if self._stage == 1 else []
+
+    def _prepare(self, trial) -> np.ndarray:
+        """Sample (or re-read) a trial's levels; repair them; record costs and the constraint."""
+        problem = self.problem
+        sampled = np.array([trial.suggest_int(name, 0, int(n) - 1)
+                            for name, n in zip(self.names, problem.space.n_levels)])
+        repaired = repair(problem, sampled, problem.errors)
+        if "levels" not in trial.user_attrs:
+            total = problem.costs.total(sampled)
+            excess = max(total[m] / limit - 1 for m, limit in problem.limits.items())
+            trial.set_constraint("budget", excess)
+            ratios = problem.costs.ratios(repaired)
+            trial.set_user_attr("levels", repaired.tolist())
+            trial.set_user_attr("repaired", bool(excess > 0))
+            trial.set_user_attr("allocation", problem.space.allocation_dict(repaired))
+            trial.set_user_attr("costs", {f"{m}_ratio": ratios[m] for m in ratios})
+        return repaired
+
+    # -- ask / tell ---------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        if not self._trials:
+            self._next_batch()
+        return not self._trials
+
+    @property
+    def fidelity(self) -> float:
+        return self.options.prune if self._stage == 0 else 1.0
+
+    def progress(self) -> tuple[int, int, dict]:
+        return self._finished(), self.options.trials, {"best": f"{self.best_fitness:.5g}"}
+
+    def ask(self, n: int) -> list[np.ndarray]:
+        if self.done:
+            return []
+        if self._stage == 0:
+            return list(self._levels)
+        return [self._levels[i] for i in self._survivors]
+
+    def tell(self, allocations: list[np.ndarray], fitnesses: list[float]) -> None:
+        from optuna.trial import TrialState
+
+        if self._stage == 0:  # first pass on few tokens: report, keep the best share, prune the rest
+            for trial, fitness in zip(self._trials, fitnesses):
+                trial.report(float(fitness), step=0)
+            kept = math.ceil(self.options.keep * len(self._trials))
+            ranked = sorted(range(len(self._trials)), key=lambda i: (fitnesses[i], i))
+            self._survivors = sorted(ranked[:kept])
+            for i in ranked[kept:]:
+                self.study.tell(self._trials[i], state=TrialState.PRUNED)
+            self._stage = 1
+            return
+        super().tell(allocations, fitnesses)
+        for i, levels, fitness in zip(self._survivors, allocations, fitnesses):
+            values = [float(fitness)]
+            if self.options.sampler == "nsga2":
+                values.append(self.problem.costs.ratios(levels)[self.cost_metric])
+            self.study.tell(self._trials[i], values)
+        self._trials, self._levels, self._survivors = [], [], []
+
+    def finish(self, heldout: float | None, dense_heldout: float | None) -> None:
+        """Record the best allocation's held-out score on the study (trials are closed by now)."""
+        if self.best_levels is not None:
+            self.study.set_user_attr("best_levels", np.asarray(self.best_levels).tolist())
+            self.study.set_user_attr("best_fitness", float(self.best_fitness))
+            if heldout is not None:
+                self.study.set_user_attr("best_heldout", float(heldout))
+                self.study.set_user_attr("dense_heldout", float(dense_heldout))
