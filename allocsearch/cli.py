@@ -38,6 +38,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     g.add_argument("--threads", type=int, default=1, help="torch threads per evaluation (results depend on it)")
+    g.add_argument("--workers", type=int, default=1, help="evaluate on this many Ray actors (results do not change)")
+    g.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     g = p.add_argument_group("pruning and data")
     g.add_argument("--criterion", choices=["magnitude", "wanda", "lsq"],
                    help="local pruning criterion (default lsq structured, wanda unstructured)")
@@ -235,7 +237,8 @@ def _search(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or f"{args.out}.checkpoint.npz"
     result = search(args.budget, method=args.method, seed=args.seed, session=session, out=args.out,
                     export_dir=args.export_dir, init=init, method_options=options, checkpoint=checkpoint,
-                    resume=args.resume, progress=not args.quiet)
+                    resume=args.resume, progress=not args.quiet, workers=args.workers,
+                    ray_address=args.ray_address)
     print(f"\n{result.method} at {','.join(args.budget)} on {session.space.family}, {session.space.granularity}: "
           f"{session.space.n_units} units, seed {result.seed}, {result.seconds:.1f} s in all")
     _table(session, [result])
@@ -257,7 +260,8 @@ def _compare(args: argparse.Namespace) -> int:
     results = []
     for method in methods:
         out = Path(args.out_dir) / f"{method}.json" if args.out_dir else None
-        results.append(search(args.budget, method=method, seed=args.seed, session=session, out=out))
+        results.append(search(args.budget, method=method, seed=args.seed, session=session, out=out,
+                              workers=args.workers, ray_address=args.ray_address))
     print(f"\n{','.join(args.budget)} on {session.space.family}, {session.space.granularity} "
           f"({session.space.n_units} units, criterion {session.supernet.criterion}), seed {args.seed}")
     _table(session, results)

@@ -248,7 +248,7 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
            out: str | Path | None = None, export_dir: str | Path | None = None, progress: bool = True,
            session: Session | None = None, init: np.ndarray | dict[str, int] | None = None,
            method_options: dict | None = None, checkpoint: str | Path | None = None, resume: bool = False,
-           **options) -> Result:
+           workers: int = 1, ray_address: str | None = None, **options) -> Result:
     """Search an allocation within `budget` and measure it.
 
     Args:
@@ -257,7 +257,9 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
         seed: makes the search reproducible; None draws one (recorded in the result).
         config: a `RunConfig`; or give its fields as keyword `options` (`model="gpt2"`, ...).
         runner: evaluates candidates: a Runner, or a function of a `Session` making one (needed
-            when a search moves to refined grids); None evaluates in this process.
+            when a search moves to refined grids); None: in this process, or on `workers` Ray actors.
+        workers, ray_address: with more than one worker (or an address), candidates are evaluated
+            on Ray actors, locally or on the cluster at `ray_address`; results do not change.
         out: write the result JSON here.
         export_dir: write the pruned model here.
         session: reuse a `Session` (its config wins over `config` and `options`).
@@ -289,7 +291,9 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
     limits = budget.limits(session.costs)
     init_levels = _checked_init(session, limits, init)
     if runner is None:
-        factory = lambda s: InProcessRunner(s.evaluator)  # noqa: E731
+        from .ray_runner import runner_factory
+
+        factory = runner_factory(workers, ray_address)
     elif hasattr(runner, "evaluate"):
         if method_options.get("rounds", 1) > 1:
             raise ConfigError("a search over refined grids (rounds > 1) needs runner= as a function of the session")

@@ -77,6 +77,7 @@ def run_search(session, searcher_class: type[Searcher], *, limits: dict[str, flo
         state, history, rounds, grid = saved
         if len(rounds) > 1:  # rebuild the grid of the round the checkpoint was taken in
             session = session.for_space(session.space.with_counts(rounds[-1], LevelGrid(**grid)))
+            _close(runner)
             runner = runner_factory(session)
             searcher.rebase(Problem(session.space, session.costs, limits, init=np.array(state["parent"])))
         searcher.load_state(state)
@@ -107,14 +108,22 @@ def run_search(session, searcher_class: type[Searcher], *, limits: dict[str, flo
         start = refined.level_of_counts(session.space.removed_counts(searcher.best_levels))
         log.info("round %d: grid step %.4g around the best allocation", len(rounds), searcher.refine_step)
         session = session.for_space(refined)
+        _close(runner)  # its workers free their CPUs for the next round's
         runner = runner_factory(session)
         rounds.append(_counts(refined))
         searcher.rebase(Problem(session.space, session.costs, limits, init=start))
     if bar is not None:
         bar.close()
+    _close(runner)
     if searcher.best_levels is None:
         raise RuntimeError(f"searcher {searcher.name} found no allocation")
     return Outcome(searcher.best_levels, searcher.best_fitness, history, session, rounds, searcher)
+
+
+def _close(runner) -> None:
+    close = getattr(runner, "close", None)  # a runner of one's own may have no workers to release
+    if close is not None:
+        close()
 
 
 def _show(searcher: Searcher, bar, progress: bool):

@@ -19,6 +19,9 @@ from .evaluator import Evaluator
 class Runner(Protocol):
     def evaluate(self, allocations: Sequence[np.ndarray], fidelity: float = 1.0) -> list[float]: ...
 
+    def close(self) -> None:
+        """Release workers (a no-op in process)."""
+
 
 class InProcessRunner:
     """Evaluates candidates one after another in this process.
@@ -34,6 +37,9 @@ class InProcessRunner:
 
     def evaluate(self, allocations: Sequence[np.ndarray], fidelity: float = 1.0) -> list[float]:
         return [self.evaluator.fitness(levels, fidelity) for levels in allocations]
+
+    def close(self) -> None:
+        pass
 
 
 def error_table(runner: Runner, n_levels: np.ndarray, *, fidelity: float = 1.0, chunk: int = 16,
