@@ -48,6 +48,7 @@ class Searcher(ABC):
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
+    Options: ClassVar[type | None] = None  # a frozen dataclass of the searcher's own options, if any
     refine_step: float | None = None  # set when the searcher asks for a finer grid around its best
 
     @classmethod
@@ -57,8 +58,15 @@ class Searcher(ABC):
         return cls.needs
 
     def __init__(self, problem: Problem, *, seed: int, **options) -> None:
-        if options:
-            raise ConfigError(f"method {self.name} takes no options (got {', '.join(sorted(options))})")
+        if self.Options is None:
+            if options:
+                raise ConfigError(f"method {self.name} takes no options (got {', '.join(sorted(options))})")
+        else:
+            known = set(self.Options.__dataclass_fields__)
+            if set(options) - known:
+                raise ConfigError(f"method {self.name} has no option {', '.join(sorted(set(options) - known))}; "
+                                  f"its options are {', '.join(sorted(known))}")
+            self.options = self.Options(**options)
         self.problem = problem
         self.seed = seed
         self.rng = np.random.default_rng(seed)

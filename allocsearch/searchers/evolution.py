@@ -65,6 +65,7 @@ class Evolution(Searcher):
     """(1 + lambda) evolution with multi-step selection and coarse-to-fine rounds."""
 
     name = "evolution"
+    Options = EvolutionOptions
 
     @classmethod
     def requirements(cls, options: dict, has_init: bool) -> frozenset[str]:
@@ -74,12 +75,7 @@ class Evolution(Searcher):
         return frozenset({"dp": {"errors"}, "admm": {"errors"}, "owl": {"outlier_ratios"}}.get(init, set()))
 
     def __init__(self, problem: Problem, *, seed: int, **options) -> None:
-        known = set(EvolutionOptions.__dataclass_fields__)
-        if set(options) - known:
-            raise ConfigError(f"method evolution has no option {', '.join(sorted(set(options) - known))}; "
-                              f"its options are {', '.join(sorted(known))}")
-        self.options = EvolutionOptions(**options)
-        super().__init__(problem, seed=seed)
+        super().__init__(problem, seed=seed, **options)
         self.round = 0
         self.generation = 0  # in this round
         self.generations_done = 0  # over all rounds

@@ -114,16 +114,12 @@ class OptunaStudy(Searcher):
 
     name = "optuna"
     needs = frozenset({"errors"})
+    Options = StudyOptions
 
     def __init__(self, problem: Problem, *, seed: int, **options) -> None:
         import optuna
 
-        known = set(StudyOptions.__dataclass_fields__)
-        if set(options) - known:
-            raise ConfigError(f"method optuna has no option {', '.join(sorted(set(options) - known))}; "
-                              f"its options are {', '.join(sorted(known))}")
-        self.options = StudyOptions(**options)
-        super().__init__(problem, seed=seed)
+        super().__init__(problem, seed=seed, **options)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         o = self.options
         self.names = [u.name for u in problem.space.units]
