@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import AllocSearchError, ConfigError
 from .pipeline import RunConfig, Session, search
 from .result import Result
-from .searchers import SEARCHERS
+from .searchers import QUICK, SEARCHERS
 
 
 def _fraction(text: str) -> float:
@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("compare", help="run several methods at one budget and tabulate them")
     _add_budget(p)
-    p.add_argument("--methods", default=",".join(SEARCHERS), help=f"comma-separated (default {','.join(SEARCHERS)})")
+    p.add_argument("--methods", default=",".join(QUICK), help=f"comma-separated, from {', '.join(SEARCHERS)} "
+                   f"(default {','.join(QUICK)}, the ones that take seconds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", help="write each method's result.json here")
     _add_model_options(p)

@@ -54,23 +54,32 @@ def _token_available() -> bool:
                 or (Path.home() / ".ray" / "auth_token").is_file())
 
 
+_local_ray_started = False  # whether `connect` started the local Ray this process is attached to
+
+
 def connect(workers: int, threads: int, address: str | None = None) -> float:
-    """Start or join Ray; returns the seconds it took (0 when Ray was already up)."""
+    """Start or join Ray; returns the seconds it took (0 when Ray was already up and big enough)."""
+    global _local_ray_started
     try:
         import ray
     except ImportError:
         raise ConfigError("--workers > 1 needs Ray: pip install 'ray[default]'") from None
-    if ray.is_initialized():
-        return 0.0
-    start = time.perf_counter()
     address = address or os.environ.get("RAY_ADDRESS")
+    cpus = workers * threads + 1
+    if ray.is_initialized():
+        too_small = ray.cluster_resources().get("CPU", 0) < cpus
+        if not (_local_ray_started and too_small and not address):
+            return 0.0
+        ray.shutdown()  # the local Ray we started is too small for this many workers: start a bigger one
+    start = time.perf_counter()
     try:
         if address:
             if "RAY_AUTH_MODE" not in os.environ and _token_available():
                 os.environ["RAY_AUTH_MODE"] = "token"
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers * threads + 1, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        _local_ray_started = not address
     except ConnectionError as exc:
         raise ConfigError(f"--ray-address {address!r}: cannot join the Ray cluster ({exc}); check the address, "
                           "and with token authentication set RAY_AUTH_TOKEN or copy the head's ~/.ray/auth_token") from None

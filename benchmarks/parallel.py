@@ -77,8 +77,9 @@ def main() -> None:
         runner.close()
     text = "\n".join(rows) + "\n\nResults were identical to the in-process runner's.\n\n" + "\n".join(mem_rows)
     publish(text, args.markdown, "parallel", "Parallel evaluation on Ray (2-core machine)",
-            f"{args.candidates} random candidates, full fidelity; Ray starts once (local, include_dashboard=False), "
-            "then each runner's workers load the model, open the cache and score the dense reference.")
+            f"{args.candidates} random candidates, full fidelity; Ray starts locally (include_dashboard=False, one "
+            "logical CPU more than the workers hold, so the 2-worker row restarts it), then each runner's workers "
+            "load the model, open the cache and score the dense reference.")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def test_rerunning_a_finished_study_adds_no_trials_and_other_settings_are_refuse
     first = run(session, "once", storage)
     again = run(session, "once", storage)
     assert len(trials_of("once", storage)) == 24 and again.fitness == first.fitness
-    with pytest.raises(ConfigError, match="belongs to another search"):
+    with pytest.raises(ConfigError, match=r"belongs to another search \(seed was \d+, now 99\)"):
         run(session, "once", storage, seed=99)
 
 

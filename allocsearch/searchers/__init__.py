@@ -13,6 +13,7 @@ from .repair import fill, predicted_error, repair
 from .uniform import Uniform, shaped_levels, uniform_levels
 
 SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (Uniform, OWL, ADMM, DP, Evolution, OptunaStudy)}
+QUICK = ("uniform", "owl", "admm", "dp")  # methods that take seconds: one evaluation, or a few
 
 
 def get_searcher(method: str) -> type[Searcher]:
@@ -21,5 +22,6 @@ def get_searcher(method: str) -> type[Searcher]:
     return SEARCHERS[method]
 
 
-__all__ = ["ADMM", "DP", "OWL", "Evolution", "EvolutionOptions", "OptunaStudy", "StudyOptions", "SEARCHERS", "Problem", "Proposals", "Searcher", "Uniform", "fill",
-           "get_searcher", "predicted_error", "repair", "shaped_levels", "uniform_levels"]
+__all__ = ["ADMM", "DP", "OWL", "Evolution", "EvolutionOptions", "OptunaStudy", "StudyOptions", "SEARCHERS",
+           "QUICK", "Problem", "Proposals", "Searcher", "Uniform", "fill", "get_searcher", "predicted_error", "repair",
+           "shaped_levels", "uniform_levels"]

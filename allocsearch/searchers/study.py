@@ -140,8 +140,10 @@ class OptunaStudy(Searcher):
             for source, levels in self._warm_starts():
                 self.study.enqueue_trial(dict(zip(self.names, levels.tolist())), user_attrs={"warm_start": source})
         elif {k: self.study.user_attrs.get(k) for k in identity} != identity:
-            raise ConfigError(f"study {o.study!r} in {storage_url} belongs to another search "
-                              f"({self.study.user_attrs}); choose another --study name or the same settings")
+            differ = "; ".join(f"{k} was {self.study.user_attrs.get(k)!r}, now {v!r}" for k, v in identity.items()
+                               if self.study.user_attrs.get(k) != v)
+            raise ConfigError(f"study {o.study!r} in {storage_url} belongs to another search ({differ}); choose "
+                              "another --study name, or rerun with that search's settings to continue it")
         self._trials: list = []  # the current batch's optuna Trials, in trial order
         self._levels: list[np.ndarray] = []  # their repaired allocations
         self._stage = 0
