@@ -2,7 +2,7 @@
 
 Example:
     >>> import allocsearch
-    >>> result = allocsearch.search("flops=0.5", method="uniform", seed=0)
+    >>> result = allocsearch.search("flops=0.5", method="dp", seed=0)
     >>> result.cost["flops_ratio"], result.fitness, result.heldout
 """
 

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("search", help="search an allocation within a budget")
     _add_budget(p)
-    p.add_argument("--method", default="uniform", help=f"searcher: {', '.join(SEARCHERS)}")
+    p.add_argument("--method", default="dp", help=f"searcher: {', '.join(SEARCHERS)} (default dp)")
     p.add_argument("--seed", type=int, help="makes the search reproducible (default: drawn and recorded)")
     p.add_argument("--out", default="result.json", help="result file (default result.json)")
     p.add_argument("--export", dest="export_dir", help="also write the pruned model to this directory")

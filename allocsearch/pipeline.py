@@ -243,7 +243,7 @@ def _draw_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**31))
 
 
-def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: int | None = None,
+def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | None = None,
            config: RunConfig | None = None, runner: Runner | Callable[[Session], Runner] | None = None,
            out: str | Path | None = None, export_dir: str | Path | None = None, progress: bool = True,
            session: Session | None = None, init: np.ndarray | dict[str, int] | None = None,
@@ -253,7 +253,7 @@ def search(budget: Budget | str | list[str], *, method: str = "uniform", seed: i
 
     Args:
         budget: a `Budget` or strings like `"flops=0.5"`.
-        method: a searcher name (`uniform`, `owl`, `admm`, `dp`, `evolution`).
+        method: a searcher name (`dp`, the default, `uniform`, `owl`, `admm`, `evolution`, `optuna`).
         seed: makes the search reproducible; None draws one (recorded in the result).
         config: a `RunConfig`; or give its fields as keyword `options` (`model="gpt2"`, ...).
         runner: evaluates candidates: a Runner, or a function of a `Session` making one (needed

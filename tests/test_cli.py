@@ -29,7 +29,7 @@ def test_search_prints_the_table_and_writes_result_and_model(model_dirs, cache_d
     result = json.loads(out.read_text())
     assert RESULT_KEYS <= set(result)
     assert {"flops", "flops_ratio", "params", "params_ratio", "bytes"} <= set(result["cost"])
-    assert result["cost"]["flops_ratio"] <= 0.5 and result["seed"] == 3 and result["method"] == "uniform"
+    assert result["cost"]["flops_ratio"] <= 0.5 and result["seed"] == 3 and result["method"] == "dp"
     assert f"{result['cost']['flops_ratio']:.3f}" in printed
     assert load_pruned(export) is not None
 
