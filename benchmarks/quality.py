@@ -33,7 +33,7 @@ def main() -> None:
             rows.append(f"| {method} | {r.fitness:.4f} | {r.heldout:.3f} | {r.cost['flops_ratio']:.3f} | "
                         f"{r.cost['params_ratio']:.3f} | {r.evaluations} | {r.seconds:.1f} |")
         parts.append("\n".join(rows))
-    publish("\n\n".join(parts), args.markdown, "quality", "Quality of each method on the default model",
+    publish("\n\n".join(parts), args.markdown, "quality", "Quality of the quick methods on the default model",
             "seed 0; seconds exclude the cached error table and supernet. Evolution and Optuna have their "
             "own sections below.")
 
