@@ -186,29 +186,24 @@ def _add_to_planner(path: str, session: Session, results: list[Result]) -> None:
 
 
 METHOD_FLAGS = {
-    "evolution": ("generations", "offspring", "rounds", "patience", "max_evaluations", "max_seconds"),
-    "optuna": ("sampler", "trials", "batch", "study", "storage", "prune", "keep"),
+    "evolution": ("generations", "offspring", "rounds", "patience", "max_evaluations", "max_seconds", "init"),
+    "optuna": ("sampler", "trials", "batch", "study", "storage", "prune", "keep", "warm_start"),
 }
 
 
 def _method_options(args: argparse.Namespace, session: Session):
     """The method's own options from its flags; `--init FILE` becomes a start allocation."""
     given = {name for flags in METHOD_FLAGS.values() for name in flags if getattr(args, name) is not None}
-    given |= {name for name in ("init", "warm_start") if getattr(args, name) is not None}
-    allowed = set(METHOD_FLAGS.get(args.method, ())) | {"evolution": {"init"}, "optuna": {"warm_start"}}.get(
-        args.method, set())
-    if given - allowed:
-        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(given - allowed))
+    stray = given - set(METHOD_FLAGS.get(args.method, ()))
+    if stray:
+        flags = ", ".join("--" + name.replace("_", "-") for name in sorted(stray))
         raise ConfigError(f"{flags} do not apply to --method {args.method}")
-    options = {name: getattr(args, name) for name in METHOD_FLAGS.get(args.method, ()) if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in METHOD_FLAGS.get(args.method, ()) if name in given}
     init = None
-    if args.init is not None:
-        if args.init.endswith(".json"):
-            init = _levels_from_result(args.init, session)
-        else:
-            options["init"] = args.init
-    if args.warm_start is not None:
-        options["warm_start"] = tuple(w.strip() for w in args.warm_start.split(",") if w.strip())
+    if options.get("init", "").endswith(".json"):
+        init = _levels_from_result(options.pop("init"), session)
+    if "warm_start" in options:
+        options["warm_start"] = tuple(w.strip() for w in options["warm_start"].split(",") if w.strip())
     if args.method == "optuna" and "study" not in options:
         options["study"] = _default_study(args, session)
     return options, init

@@ -72,6 +72,8 @@ def run_cli(*args, cwd=None):
     (["--budget", "flops=0.5", "--calib", "missing.txt"], "--calib 'missing.txt': no such file"),
     (["--budget", "flops=0.5", "--space", "mamba"], "space='mamba' is not a known family; known families"),
     (["--budget", "flops=0.01"], "below the smallest reachable cost"),
+    (["--budget", "flops=0.5", "--generations", "3", "--warm-start", "dp"],
+     "--generations, --warm-start do not apply to --method dp"),
 ])
 def test_user_errors_exit_2_with_one_line(args, message, model_dirs, cache_dir, tmp_path):
     done = run_cli("search", *args, *tiny_args(model_dirs, cache_dir), "--out", str(tmp_path / "r.json"), cwd=tmp_path)
@@ -96,3 +98,21 @@ def test_same_seed_same_result_in_fresh_processes(model_dirs, tmp_path):
         result["config"].pop("cache_dir")
         results.append(result)
     assert results[0] == results[1]
+
+
+def test_method_flags_reach_their_searcher(model_dirs, cache_dir, tmp_path):
+    """`--init FILE.json` starts evolution from that result; `--warm-start` and `--study` reach Optuna."""
+    import optuna
+
+    args = ["--budget", "flops=0.5", "--seed", "1", *tiny_args(model_dirs, cache_dir)]
+    assert main(["-q", "search", "--method", "uniform", "--out", str(tmp_path / "u.json"), *args]) == 0
+    start = list(json.loads((tmp_path / "u.json").read_text())["levels"].values())
+    assert main(["-q", "search", "--method", "evolution", "--init", str(tmp_path / "u.json"), "--generations", "1",
+                 "--offspring", "4", "--out", str(tmp_path / "e.json"), *args]) == 0
+    evolved = json.loads((tmp_path / "e.json").read_text())
+    assert evolved["history"][0]["levels"] == start and evolved["options"]["generations"] == 1
+    storage = f"sqlite:///{tmp_path}/s.db"
+    assert main(["-q", "search", "--method", "optuna", "--warm-start", "uniform", "--trials", "4", "--batch", "4",
+                 "--study", "flags", "--storage", storage, "--out", str(tmp_path / "o.json"), *args]) == 0
+    trials = optuna.load_study(study_name="flags", storage=storage).trials
+    assert trials[0].user_attrs["warm_start"] == "uniform" and trials[0].user_attrs["levels"] == start
