@@ -37,7 +37,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache", dest="cache_dir", help="cache directory (default $ALLOCSEARCH_CACHE or ~/.cache/allocsearch)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    g.add_argument("--threads", type=int, default=1, help="torch threads per evaluation (results depend on it)")
+    g.add_argument("--threads", type=int, help="torch threads per build and evaluation (default: this machine's "
+                   "cores; results differ with it in the last digits, and it is recorded)")
     g.add_argument("--workers", type=int, default=1, help="evaluate on this many Ray actors (results do not change)")
     g.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     g = p.add_argument_group("pruning and data")
@@ -45,12 +46,23 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="local pruning criterion (default lsq structured, wanda unstructured)")
     g.add_argument("--calib", help="calibration text, UTF-8, one document per line (default: built-in text)")
     g.add_argument("--heldout", help="held-out text, same format (default: built-in text)")
-    g.add_argument("--calib-sequences", type=int, default=128)
+    g.add_argument("--calib-sequences", type=int, default=128, help="calibration windows that score candidates")
     g.add_argument("--heldout-sequences", type=int, default=128)
+    g.add_argument("--build-sequences", type=int, help="calibration windows the supernet build learns from "
+                   "(default: enough for 16 tokens per input of the widest output projection)")
     g.add_argument("--calib-from", type=_fraction,
                    help="build each block from activations of the model pruned at this level (default: dense)")
     g.add_argument("--damp", type=float, default=0.01, help="damping of the least-squares refit")
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--batch-size", type=int, help="sequences per forward (default 8); fidelities round up to "
+                   "whole batches")
+    g.add_argument("--topk", type=int, help="next-token probabilities kept per position for the reference "
+                   "(default: all up to a vocabulary of 4096, else 256)")
+    g = p.add_argument_group("error table (dp, admm, the planner)")
+    g.add_argument("--table", choices=["exact", "fast", "proxy"], help="exact: every cell measured on all "
+                   "calibration tokens; fast: on a share of them; proxy (default): the build's local errors, "
+                   "scaled per unit by one measured cell")
+    g.add_argument("--table-fidelity", type=_fraction, help="share of calibration batches the fast or proxy "
+                   "table's measured cells use (default 1/8)")
 
 
 def _add_budget(p: argparse.ArgumentParser) -> None:
@@ -163,12 +175,18 @@ def _session(args: argparse.Namespace) -> Session:
 
 def _table(session: Session, results: list[Result]) -> None:
     lm = session.space.task == "causal_lm"
-    metric, score = ("KL to dense", "held-out ppl") if lm else ("NMSE to dense", "held-out cosine")
-    print(f"{'':10}{metric:>14}{score:>17}{'FLOPs ratio':>13}{'params ratio':>14}{'evaluated':>11}{'seconds':>9}")
-    print(f"{'dense':10}{0.0:>14.4f}{results[0].dense_heldout:>17.4f}{1.0:>13.3f}{1.0:>14.3f}")
+    metric, score = ("KL", "held-out ppl") if lm else ("NMSE", "held-out cosine")
+    calib, held = f"calib {metric}", f"held-out {metric}"
+    print(f"{'':10}{calib:>14}{held:>15}{score:>17}{'FLOPs ratio':>13}{'params ratio':>14}{'evaluated':>11}"
+          f"{'seconds':>9}")
+    print(f"{'dense':10}{0.0:>14.4f}{0.0:>15.4f}{results[0].dense_heldout:>17.4f}{1.0:>13.3f}{1.0:>14.3f}")
     for r in results:
-        print(f"{r.method:10}{r.fitness:>14.4f}{r.heldout:>17.4f}{r.cost['flops_ratio']:>13.3f}"
-              f"{r.cost['params_ratio']:>14.3f}{r.evaluations:>11}{r.seconds:>9.1f}")
+        print(f"{r.method:10}{r.fitness:>14.4f}{r.heldout_fitness:>15.4f}{r.heldout:>17.4f}"
+              f"{r.cost['flops_ratio']:>13.3f}{r.cost['params_ratio']:>14.3f}{r.evaluations:>11}{r.seconds:>9.1f}")
+
+
+def _stages_line(stages: dict) -> str:
+    return ", ".join(f"{name} {s['seconds']:.1f} s / {s['peak_mb']:.0f} MB" for name, s in stages.items())
 
 
 def _add_to_planner(path: str, session: Session, results: list[Result]) -> None:
@@ -241,6 +259,7 @@ def _search(args: argparse.Namespace) -> int:
     print("\nremoved fraction per unit:")
     for name, fraction in result.allocation.items():
         print(f"  {name:40} {fraction:6.3f}")
+    print(f"\nstages (time / peak memory): {_stages_line(result.stages)}")
     print(f"\nresult -> {args.out}" + (f"; pruned model -> {args.export_dir}" if args.export_dir else ""))
     if args.planner:
         _add_to_planner(args.planner, session, [result])

@@ -97,4 +97,4 @@ def token_windows(documents: list[str], tokenizer, *, seq_len: int, count: int, 
 
 def tokens_hash(tokens: torch.Tensor) -> str:
     """A short hash of a token tensor, for cache keys."""
-    return hashlib.sha256(tokens.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
+    return hashlib.sha256(tokens.cpu().numpy().astype(np.int64).tobytes()).hexdigest()[:16]

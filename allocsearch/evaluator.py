@@ -1,151 +1,234 @@
 """Scoring candidates against the dense model.
 
-The dense reference is computed once: next-token log-probabilities for language models (the top-k
-and the mass of the rest when the vocabulary is large), final hidden states for encoders.
-
 - fitness (lower is better), on calibration tokens: KL(dense || candidate) per token for language
   models; ||h - h_dense||^2 / ||h_dense||^2 of the final hidden states for encoders.
-- held-out score, on held-out tokens: perplexity for language models (lower is better); mean cosine
-  similarity of mean-pooled embeddings to the dense model's for encoders (higher is better).
+- held-out scores, on held-out tokens: the same distortion (KL or NMSE), and perplexity for
+  language models (lower is better) or the mean cosine of mean-pooled embeddings to the dense
+  model's for encoders (higher is better). Calibration and held-out distortion side by side show
+  how much a search fits its calibration text.
 
-`fidelity` in (0, 1] scores on the first share of the calibration sequences (multi-step selection).
-Every forward runs with a fixed torch thread count, so scores do not depend on the machine's cores.
+The dense model's pass over the calibration tokens is computed once (`DensePass`): its reference
+scores and the input of every block. A candidate runs from its first pruned block only, on the
+dense input of that block. Two more shortcuts give the same numbers as a fresh evaluation:
+
+- a batch's score is remembered per (allocation, batch), so raising a candidate's fidelity
+  (multi-step selection) scores only the batches it has not been scored on;
+- the block inputs of the best candidate scored at full fidelity (on its first batches, within
+  `anchor_memory`) are kept: a candidate that matches it up to block l starts there (the offspring
+  of an evolution parent).
+
+Batches are fixed (batch i is sequences [i * batch_size, (i + 1) * batch_size)); `fidelity` in (0, 1]
+scores on the first share of them, rounded up to whole batches. Every forward runs with a fixed torch
+thread count, so scores do not depend on the machine's cores or on which shortcut was taken.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ._torch import torch_threads
+from .blockwise import Blockwise
 from .compose import Composer
-from .data import tokens_hash
+from .dense import DensePass, kl_to_reference, next_tokens, token_chunks
 from .errors import ConfigError
+
+MEMO_ENTRIES = 200_000  # remembered batch scores
 
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
     """Args:
-        batch_size: sequences per forward.
         threads: torch threads for every forward.
-        topk: next-token probabilities kept per position for the reference; None keeps the whole
-            distribution up to a vocabulary of 4096 and the top 256 above it.
+        anchor_memory: bytes of block inputs kept for the best full-fidelity candidate; None: half the
+            model's weights.
     """
 
-    batch_size: int = 16
     threads: int = 1
-    topk: int | None = None
+    anchor_memory: int | None = None
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out scores of one allocation: `score` is perplexity (language models) or embedding cosine
+    to dense (encoders); `fitness` the distortion to dense on held-out tokens (KL or NMSE)."""
+
+    score: float
+    fitness: float
+
+
+class _Anchor:
+    """The block inputs of one candidate for its first batches, from its first pruned block on."""
+
+    def __init__(self, levels: np.ndarray, fitness: float, start: int) -> None:
+        self.levels, self.fitness, self.start = levels, fitness, start
+        self.states: dict[int, list[torch.Tensor]] = {}  # batch -> inputs of blocks start..L-1
 
 
 class Evaluator:
     """Composes candidates on a model and scores them.
 
     Example:
-        >>> evaluator = Evaluator(composer, calib_tokens, heldout_tokens, task="causal_lm")
+        >>> evaluator = Evaluator(composer, calib_pass, calib_tokens, heldout_pass, heldout_tokens)
         >>> evaluator.fitness(levels)           # KL to the dense model, per token
         0.0412
-        >>> evaluator.heldout(levels)           # held-out perplexity
-        6.31
+        >>> evaluator.heldout(levels)           # held-out perplexity and KL
+        HeldOut(score=6.31, fitness=0.0433)
     """
 
-    def __init__(self, composer: Composer, calib: torch.Tensor, heldout: torch.Tensor | None = None, *,
-                 task: str, config: EvaluatorConfig = EvaluatorConfig(), key: str = "") -> None:
-        self.composer, self.task, self.config = composer, task, config
-        self.model = composer.model
-        self.device = next(self.model.parameters()).device
+    def __init__(self, composer: Composer, calib_pass: DensePass, calib: torch.Tensor,
+                 heldout_pass: DensePass | None = None, heldout: torch.Tensor | None = None, *,
+                 config: EvaluatorConfig = EvaluatorConfig()) -> None:
+        self.composer, self.config = composer, config
+        self.space, self.model = composer.space, composer.model
+        self.blockwise = Blockwise(self.model, self.space)
+        self.task = self.space.task
+        self.calib_pass, self.heldout_pass = calib_pass, heldout_pass
         self.calib, self.heldout_tokens = calib, heldout
+        self.batch_size = calib_pass.batch_size
         self.evaluations = 0
-        self.key = hashlib.sha256(json.dumps(
-            [key, task, tokens_hash(calib), tokens_hash(heldout) if heldout is not None else None, asdict(config)]
-        ).encode()).hexdigest()[:16]
-        self.compose(np.zeros(composer.space.n_units, dtype=int))
-        with torch.no_grad(), torch_threads(config.threads):
-            self._reference = [self._reference_of(self._output(b)) for b in self._batches(calib)]
-            self._heldout_reference = None
-            if heldout is not None and task == "encoder":
-                self._heldout_reference = [_pooled(self._output(b)) for b in self._batches(heldout)]
-        self.dense_heldout = self.heldout(np.zeros(composer.space.n_units, dtype=int)) if heldout is not None else None
+        self._unit_block = np.array([u.block for u in self.space.units])
+        self._memo: OrderedDict[tuple[bytes, int], tuple[float, float]] = OrderedDict()
+        self._anchor: _Anchor | None = None
+        self._held: tuple[bytes, HeldOut] | None = None
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self._anchor_bytes = config.anchor_memory if config.anchor_memory is not None else weights // 2
+        self.dense_heldout = heldout_pass.dense_score if heldout_pass is not None else None
+
+    @property
+    def n_batches(self) -> int:
+        return self.calib_pass.n_batches
+
+    def batches_at(self, fidelity: float) -> int:
+        """Calibration batches scored at `fidelity`: its share of them, rounded up."""
+        if not 0 < fidelity <= 1:
+            raise ConfigError(f"fidelity={fidelity!r} must lie in (0, 1]; 1 uses every calibration token")
+        return max(1, math.ceil(fidelity * self.n_batches - 1e-9))
 
     def compose(self, levels: np.ndarray) -> torch.nn.Module:
         """The model, brought to the allocation `levels`."""
         self.composer.apply(levels)
         return self.model
 
+    def first_block(self, levels: np.ndarray, other: np.ndarray | None = None) -> int:
+        """The first block holding a unit whose level differs from `other` (default: dense), or L."""
+        differs = levels != (0 if other is None else other)
+        return int(self._unit_block[differs].min()) if differs.any() else self.blockwise.n_blocks
+
     def fitness(self, levels: np.ndarray, fidelity: float = 1.0) -> float:
-        """Distortion of the candidate on the first `fidelity` share of calibration sequences."""
-        if not 0 < fidelity <= 1:
-            raise ConfigError(f"fidelity={fidelity!r} must lie in (0, 1]; 1 uses every calibration token")
-        n = max(1, math.ceil(fidelity * len(self.calib)))
+        """Distortion of the candidate on the first `fidelity` share of the calibration batches."""
+        levels = np.asarray(levels, dtype=np.int64)
+        n = self.batches_at(fidelity)
         self.compose(levels)
+        key = levels.tobytes()
+        start = min(self.first_block(levels), self.blockwise.n_blocks - 1)
+        record = None
+        if fidelity >= 1.0 and start < self.blockwise.n_blocks - 1:
+            record = _Anchor(levels.copy(), np.inf, start)
         total = weight = 0.0
         with torch.no_grad(), torch_threads(self.config.threads):
-            for batch, reference in zip(self._batches(self.calib[:n]), self._reference):
-                reference = tuple(r[: len(batch)] for r in reference)
-                out = self._output(batch)
-                if self.task == "causal_lm":
-                    total += float(_kl(reference, out).double().sum())
-                    weight += out.shape[0] * out.shape[1]
+            for i in range(n):
+                scores = self._memo.get((key, i))
+                if scores is None:
+                    scores = self._score_batch(levels, i, start, record)
+                    self._remember((key, i), scores)
                 else:
-                    total += float(((out - reference[0]) ** 2).double().sum())
-                    weight += float((reference[0].double() ** 2).sum())
+                    self._memo.move_to_end((key, i))
+                total, weight = total + scores[0], weight + scores[1]
         self.evaluations += 1
-        return total / weight
+        value = total / weight
+        if record is not None and record.states and value < (self._anchor.fitness if self._anchor else np.inf):
+            record.fitness, self._anchor = value, record
+        return value
 
-    def heldout(self, levels: np.ndarray) -> float:
-        """Held-out perplexity (language models) or mean embedding cosine to dense (encoders)."""
-        if self.heldout_tokens is None:
-            raise ConfigError("this evaluator has no held-out tokens; pass heldout= to score them")
-        self.compose(levels)
-        total, count = 0.0, 0
-        with torch.no_grad(), torch_threads(self.config.threads):
-            for i, batch in enumerate(self._batches(self.heldout_tokens)):
-                out = self._output(batch)
-                if self.task == "causal_lm":
-                    logp = torch.log_softmax(out[:, :-1].float(), -1)
-                    target = batch[:, 1:].to(logp.device)
-                    total -= float(logp.gather(-1, target[..., None]).double().sum())
-                    count += target.numel()
-                else:
-                    total += float(torch.cosine_similarity(_pooled(out), self._heldout_reference[i], dim=-1).double().sum())
-                    count += len(batch)
-        return math.exp(total / count) if self.task == "causal_lm" else total / count
+    def _remember(self, key: tuple[bytes, int], scores: tuple[float, float]) -> None:
+        self._memo[key] = scores
+        if len(self._memo) > MEMO_ENTRIES:
+            self._memo.popitem(last=False)
 
-    def _batches(self, tokens: torch.Tensor):
-        return tokens.split(self.config.batch_size)
-
-    def _output(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device)
+    def _score_batch(self, levels: np.ndarray, i: int, start: int, record: _Anchor | None) -> tuple[float, float]:
+        """(summed distortion, its weight) of calibration batch i for the composed candidate."""
+        batch = self.calib[i * self.batch_size : (i + 1) * self.batch_size]
+        inputs = self.blockwise.embed(batch)
+        hidden, begin = self._start_state(levels, i, start, inputs)
+        states = [] if record is not None and self._may_record(i, start, inputs.hidden) else None
+        if states is not None and begin > start:  # the anchor's own inputs cover blocks start..begin-1
+            states += self._anchor.states[i][: begin - start]
+        hidden = self.blockwise.final(self.blockwise.run(hidden, inputs, begin, states=states))
+        if states is not None:
+            record.states[i] = states
+        reference = self.calib_pass.reference(i)
         if self.task == "causal_lm":
-            return self.model(input_ids=batch, use_cache=False).logits
-        return self.model(input_ids=batch).last_hidden_state
+            kl, _, count = self._lm_scores(hidden, reference, None)
+            return kl, count
+        ref = reference["hidden"].to(hidden.device)
+        return float(((hidden.float() - ref) ** 2).double().sum()), float((ref.double() ** 2).sum())
 
-    def _reference_of(self, out: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.task != "causal_lm":
-            return (out.float(),)
-        logp = torch.log_softmax(out.float(), -1)  # (batch, seq, vocab)
-        topk = self.config.topk or (None if logp.shape[-1] <= 4096 else 256)
-        if topk is None or topk >= logp.shape[-1]:
-            return (logp,)
-        values, index = logp.topk(topk, dim=-1)  # (batch, seq, k)
-        tail = torch.log1p(-values.exp().sum(-1).clamp(max=1 - 1e-6))  # (batch, seq)
-        return values, index.to(torch.int32), tail
+    def _start_state(self, levels: np.ndarray, i: int, start: int, inputs) -> tuple[torch.Tensor, int]:
+        """Where batch i of the candidate starts: the anchor's input of the first block where they
+        differ, when it has one past `start`; else the dense input of `start`."""
+        anchor = self._anchor
+        if anchor is not None and i in anchor.states:
+            begin = min(self.first_block(levels, anchor.levels), self.blockwise.n_blocks - 1)
+            if begin > max(start, anchor.start):
+                return anchor.states[i][begin - anchor.start], begin
+        if start == 0:
+            return inputs.hidden, 0
+        return self.calib_pass.block_input(start, i).to(inputs.hidden.device), start
 
+    def _may_record(self, i: int, start: int, hidden: torch.Tensor) -> bool:
+        per_batch = (self.blockwise.n_blocks - start) * hidden.numel() * hidden.element_size()
+        return (i + 1) * per_batch <= self._anchor_bytes
 
-def _kl(reference: tuple[torch.Tensor, ...], logits: torch.Tensor) -> torch.Tensor:
-    """KL(dense || candidate) per position.  # (batch, seq)"""
-    logq = torch.log_softmax(logits.float(), -1)
-    if len(reference) == 1:
-        logp = reference[0]
-        return (logp.exp() * (logp - logq)).sum(-1)
-    values, index, tail = reference
-    logq_top = logq.gather(-1, index.long())
-    logq_tail = torch.log1p(-logq_top.exp().sum(-1).clamp(max=1 - 1e-6))
-    return (values.exp() * (values - logq_top)).sum(-1) + tail.exp() * (tail - logq_tail)
+    def _lm_scores(self, hidden: torch.Tensor, reference: dict, batch: torch.Tensor | None) -> tuple[float, float, int]:
+        """KL to the reference summed over positions, and with `batch` the summed negative
+        log-likelihood of its next tokens; the head runs on chunks of positions."""
+        flat = hidden.reshape(-1, hidden.shape[-1])  # (tokens, hidden)
+        targets = next_tokens(batch).to(flat.device) if batch is not None else None
+        kl = nll = 0.0
+        for chunk in token_chunks(len(flat), self.blockwise.head.out_features):
+            logq = torch.log_softmax(self.blockwise.head(flat[chunk]).float(), -1)
+            part = {name: r[chunk].to(logq.device) for name, r in reference.items()}
+            kl += float(kl_to_reference(part, logq).double().sum())
+            if targets is not None:
+                target = targets[chunk]
+                known = target >= 0
+                nll -= float(logq[known].gather(-1, target[known][:, None]).double().sum())
+        return kl, nll, len(flat)
+
+    def heldout(self, levels: np.ndarray) -> HeldOut:
+        """Held-out scores of the allocation (see `HeldOut`); the last one is remembered."""
+        if self.heldout_tokens is None or self.heldout_pass is None:
+            raise ConfigError("this evaluator has no held-out tokens; pass heldout= to score them")
+        levels = np.asarray(levels, dtype=np.int64)
+        if self._held is not None and self._held[0] == levels.tobytes():
+            return self._held[1]
+        self.compose(levels)
+        lm = self.task == "causal_lm"
+        distortion = weight = score = 0.0
+        count = 0
+        with torch.no_grad(), torch_threads(self.config.threads):
+            for i, batch in enumerate(self.heldout_tokens.split(self.batch_size)):
+                inputs = self.blockwise.embed(batch)
+                hidden = self.blockwise.final(self.blockwise.run(inputs.hidden, inputs, 0))
+                reference = self.heldout_pass.reference(i)
+                if lm:
+                    kl, nll, positions = self._lm_scores(hidden, reference, batch)
+                    distortion, weight, score = distortion + kl, weight + positions, score + nll
+                    count += int((next_tokens(batch) >= 0).sum())
+                else:
+                    ref = reference["hidden"].to(hidden.device)
+                    distortion += float(((hidden.float() - ref) ** 2).double().sum())
+                    weight += float((ref.double() ** 2).sum())
+                    cosine = torch.cosine_similarity(_pooled(hidden), _pooled(ref), dim=-1)
+                    score, count = score + float(cosine.double().sum()), count + len(batch)
+        held = HeldOut(math.exp(score / count) if lm else score / count, distortion / weight)
+        self._held = (levels.tobytes(), held)
+        return held
 
 
 def _pooled(hidden: torch.Tensor) -> torch.Tensor:

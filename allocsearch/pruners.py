@@ -102,13 +102,14 @@ def wanda_weights(weight: torch.Tensor, stats: LayerStats | None) -> torch.Tenso
 
 
 def lsq_refit(weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStats, columns: np.ndarray,
-              damp: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+              damp: float) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Least-squares refit of the kept `columns` of an output projection (and its bias).
 
     Minimises sum_n ||W x_n + b - (W' x_n[K] + b')||^2 + lam ||W'||^2 over the calibration inputs
     x_n, using only their Gram matrix: W' = W G[:, K] (G[K, K] + lam I)^-1, with x augmented by a
     constant 1 when there is a bias. lam = damp * mean(diag G[K, K]). Returns (out, |K|) weights
-    and the new bias, in the input dtype.
+    and the new bias, in the input dtype, and the reconstruction error sum_n ||W x_n + b - W' x_n[K] - b'||^2,
+    which with B = W G[:, K] is tr(W G W^T) - sum(B * W') - lam ||W'||^2 (the refit's normal equations).
     """
     w = weight.double()  # (out, in)
     gram, cols = stats.gram, torch.from_numpy(columns)
@@ -128,9 +129,43 @@ def lsq_refit(weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStats
         refit = b
     else:
         refit = torch.linalg.solve(a, b.T).T  # a is symmetric
+    error = float(((w @ gram) * w).sum() - (b * refit).sum())
+    if n_kept:
+        error -= float(lam * (refit[:, :n_kept] ** 2).sum())
     if bias is not None:
-        return refit[:, :-1].to(weight.dtype), refit[:, -1].to(weight.dtype)
-    return refit.to(weight.dtype), None
+        return refit[:, :-1].to(weight.dtype), refit[:, -1].to(weight.dtype), max(error, 0.0)
+    return refit.to(weight.dtype), None, max(error, 0.0)
+
+
+def sliced_error(weight: torch.Tensor, stats: LayerStats, removed: np.ndarray) -> float:
+    """sum_n ||W[:, R] x_n[R]||^2: what removing the input columns R of a projection changes in its
+    outputs, from the Gram matrix (no refit, bias kept)."""
+    if len(removed) == 0:
+        return 0.0
+    cols = torch.from_numpy(removed)
+    w = weight.double()[:, cols]  # (out, r)
+    return float(((w @ stats.gram[cols][:, cols]) * w).sum())
+
+
+def output_energy(weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStats) -> float:
+    """sum_n ||W x_n + b||^2 over the calibration inputs; the diagonal of the Gram alone without one."""
+    w = weight.double()
+    if stats.gram is None:
+        energy = float((w**2 @ stats.sq).sum())
+    else:
+        energy = float(((w @ stats.gram) * w).sum())
+    if bias is not None:
+        b = bias.double()
+        energy += float(2 * (b @ (w @ stats.total)) + stats.tokens * (b @ b))
+    return energy
+
+
+def masked_errors(weight: torch.Tensor, stats: LayerStats, removal: torch.Tensor, n_levels: int) -> np.ndarray:
+    """Per level, sum_ij W_ij^2 sum_n x_nj^2 over the weights removed at or below it: the output error of
+    unstructured masks with the inputs taken as uncorrelated (Wanda's own assumption).  # (levels,)"""
+    contribution = weight.double() ** 2 * stats.sq[None, :]  # (out, in)
+    by_level = torch.bincount(removal.long().flatten(), weights=contribution.flatten(), minlength=n_levels + 1)
+    return torch.cumsum(by_level[:n_levels], 0).numpy()
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ class Result:
 
     `allocation` maps unit names to removed fractions, `levels` to level indices; `cost` has
     `flops` (per token at `seq_len`), `params`, `bytes` and their ratios to dense; `fitness` is the
-    calibration distortion (lower is better), `heldout` the held-out score (perplexity for language
-    models, embedding cosine for encoders) and `dense_heldout` the dense model's. `config` and
-    `seed` reproduce the run; `history` lists every evaluated candidate.
+    calibration distortion (KL to dense for language models, NMSE for encoders; lower is better),
+    `heldout_fitness` the same distortion on held-out tokens (far above `fitness`: the search fit its
+    calibration text), `heldout` the held-out score (perplexity for language models, embedding cosine
+    for encoders) and `dense_heldout` the dense model's. `config` and `seed` reproduce the run;
+    `history` lists every evaluated candidate; `stages` the seconds and peak memory (MB) of each stage.
     """
 
     method: str
@@ -36,6 +38,8 @@ class Result:
     seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     options: dict = field(default_factory=dict)  # the searcher's own options
+    heldout_fitness: float | None = None
+    stages: dict = field(default_factory=dict)  # stage -> {seconds, peak_mb}
 
     def save(self, path: str | Path) -> None:
         """Write atomically as JSON."""

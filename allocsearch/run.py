@@ -23,6 +23,7 @@ import numpy as np
 
 from . import _io
 from ._progress import progress_bar
+from ._stages import stage
 from .errors import ConfigError
 from .runners import Runner
 from .searchers import Problem, Searcher
@@ -70,6 +71,14 @@ def run_search(session, searcher_class: type[Searcher], *, limits: dict[str, flo
     runner = runner_factory(session)
     searcher = searcher_class(_problem(session, limits, searcher_class, options, init, runner), seed=seed,
                               **options)
+    with stage(session.stages, "search", getattr(session, "device", None)):
+        return _loop(session, searcher, runner, limits=limits, runner_factory=runner_factory, init=init,
+                     checkpoint=checkpoint, resume=resume, identity=identity, batch=batch, progress=progress, seed=seed)
+
+
+def _loop(session, searcher: Searcher, runner: Runner, *, limits: dict[str, float], runner_factory: RunnerFactory,
+          init: np.ndarray | None, checkpoint: Path | None, resume: bool, identity: str, batch: int, progress: bool,
+          seed: int) -> Outcome:
     history: list[dict] = []
     rounds = [_counts(session.space)]
     saved = _load(checkpoint, identity) if (checkpoint is not None and resume) else None

@@ -162,9 +162,13 @@ def validate_spec(spec: Any, source: str) -> dict:
     """Check a spec's keys and types, naming the file and key at fault."""
     if not isinstance(spec, dict):
         raise SpaceError(f"space {source}: expected a mapping at the top level, got {type(spec).__name__}")
-    for key in ("family", "blocks", "heads", "channels"):
+    for key in ("family", "blocks", "final", "heads", "channels"):
         if key not in spec:
-            raise SpaceError(f"space {source}: missing key {key!r}; see searchspaces/gpt2.yaml for the layout")
+            raise SpaceError(f"space {source}: missing key {key!r}; see searchspaces/gpt2.yaml for the layout"
+                             + (" (final lists the modules applied after the last block, e.g. [model.norm], "
+                                "or [] for none)" if key == "final" else ""))
+    if not isinstance(spec["final"], list) or not all(isinstance(p, str) for p in spec["final"]):
+        raise SpaceError(f"space {source}: final={spec['final']!r} must be a list of module paths, e.g. [model.norm]")
     task = spec.setdefault("task", "causal_lm")
     if task not in TASKS:
         raise SpaceError(f"space {source}: task={task!r} must be one of {', '.join(TASKS)}")
@@ -217,6 +221,7 @@ class SearchSpace:
         if granularity not in GRANULARITIES:
             raise ConfigError(f"granularity={granularity!r} must be one of {', '.join(GRANULARITIES)}")
         spec = load_spec(space, getattr(model.config, "model_type", None))
+        _check_final(model, spec)
         units = _structured_units(model, spec, grid) if granularity == "structured" else _linear_units(model, spec, grid)
         return cls(spec["family"], spec["task"], granularity, tuple(units), spec, grid)
 
@@ -356,6 +361,19 @@ def _checked_linear(model: nn.Module, path: str, family: str) -> nn.Module:
     if not is_linear(module):
         raise SpaceError(f"space {family}: module {path!r} is a {type(module).__name__}, not a linear layer")
     return module
+
+
+def _check_final(model: nn.Module, spec: dict) -> None:
+    """Every `final` path names a module of the model, or an attribute it holds as None (absent here)."""
+    for path in spec["final"]:
+        parent_path, _, name = path.rpartition(".")
+        try:
+            value = getattr(get_module(model, parent_path), name)
+        except AttributeError:
+            value = AttributeError
+        if not (value is None or isinstance(value, nn.Module)):
+            raise SpaceError(f"space {spec['family']}: final module {path!r} does not exist in this model; "
+                             "check the final paths in the YAML")
 
 
 def _blocks(model: nn.Module, spec: dict) -> tuple[str, int]:

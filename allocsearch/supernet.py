@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -36,10 +35,11 @@ from ._torch import torch_threads, weights_hash
 from .compose import Composer
 from .data import tokens_hash
 from .errors import ConfigError
-from .pruners import LayerStats, get_criterion, lsq_refit, removal_levels
+from .blockwise import Blockwise
+from .pruners import LayerStats, get_criterion, lsq_refit, masked_errors, output_energy, removal_levels, sliced_error
 from .space import SearchSpace
 
-FORMAT = 1
+FORMAT = 2
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +70,8 @@ class SupernetConfig:
 
 
 class Supernet:
-    """Read access to a built cache: removal levels and per-level output-projection weights.
+    """Read access to a built cache: removal levels, per-level output-projection weights, and the
+    local output errors the build measured at every level (the proxy error table's input).
 
     Example:
         >>> supernet = Supernet.build_or_load(model, space, calib_tokens, cache_dir="~/.cache/allocsearch")
@@ -81,24 +82,37 @@ class Supernet:
     def __init__(self, path: Path, space: SearchSpace, manifest: dict) -> None:
         self.path, self.space, self.manifest = path, space, manifest
         self.criterion = manifest["criterion"]
-        self._files = {name: safe_open(str(path / name), framework="pt") for name in manifest["files"]}
-        self._where = {key: name for name, f in self._files.items() for key in f.keys()}
+        self._where = {key: (name, entry) for name in manifest["files"]
+                       for key, entry in _io.safetensors_index(path / name).items()}
         self._removal = [self._tensor(f"{u}.removal") for u in range(space.n_units)]
 
     def _tensor(self, key: str) -> torch.Tensor:
-        return self._files[self._where[key]].get_tensor(key)
+        name, entry = self._where[key]
+        return _io.read_safetensor(self.path / name, entry)
 
     def removal(self, unit: int) -> torch.Tensor:
         """First level at which each group (or weight, as (out, in)) of the unit is removed."""
         return self._removal[unit]
 
     def variant(self, unit: int, level: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """Per-level output-projection weight (native layout) and bias, or None when not stored."""
+        """Per-level output-projection weight (native layout) and bias, or None when not stored.
+
+        Read from disk on each call into memory of its own: only the variants in use take memory.
+        """
         key = f"{unit}.{level}.weight"
         if key not in self._where:
             return None
         bias = f"{unit}.{level}.bias"
         return self._tensor(key), (self._tensor(bias) if bias in self._where else None)
+
+    def local_errors(self) -> np.ndarray:
+        """Per token, the output error of each unit's output projection (structured) or layer
+        (unstructured) at each level, relative to its dense output energy; inf past a unit's levels.
+        # (units, max_levels)"""
+        table = np.full((self.space.n_units, int(self.space.n_levels.max())), np.inf)
+        for u, entry in enumerate(self.manifest["proxy"]):
+            table[u, : len(entry["local"])] = np.asarray(entry["local"]) / max(entry["output"], 1e-30)
+        return table
 
     @property
     def key(self) -> str:
@@ -110,13 +124,16 @@ class Supernet:
     @classmethod
     def build_or_load(cls, model: nn.Module, space: SearchSpace, calib: torch.Tensor, *,
                       cache_dir: str | Path, config: SupernetConfig = SupernetConfig(),
-                      progress: bool = True) -> Supernet:
-        """Open the cache for these inputs, building it first if it is missing, partial or corrupt."""
+                      progress: bool = True, weights: str | None = None) -> Supernet:
+        """Open the cache for these inputs, building it first if it is missing, partial or corrupt.
+
+        `calib` are the build's token windows; `weights` the model's weights hash when known.
+        """
         criterion = get_criterion(config.criterion, space.granularity)
         key_parts = {
-            "format": FORMAT, "weights": weights_hash(model), "space": space.id, "criterion": criterion.name,
-            "damp": config.damp if criterion.reconstructs else None, "calib_from": config.calib_from,
-            "calib": tokens_hash(calib) if (criterion.needs_data or config.calib_from is not None) else None,
+            "format": FORMAT, "weights": weights or weights_hash(model), "space": space.id,
+            "criterion": criterion.name, "damp": config.damp if criterion.reconstructs else None,
+            "calib_from": config.calib_from, "calib": tokens_hash(calib), "batch_size": config.batch_size,
             "threads": config.threads, "device": next(model.parameters()).device.type,
         }
         key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
@@ -141,49 +158,7 @@ class Supernet:
 
 def verify(path: Path) -> dict | None:
     """The manifest of a complete, intact cache directory, else None."""
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-        if manifest.get("format") != FORMAT:
-            return None
-        for name, info in manifest["files"].items():
-            file = path / name
-            if file.stat().st_size != info["bytes"] or _io.file_sha256(file) != info["sha256"]:
-                return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return manifest
-
-
-class _Stop(Exception):
-    pass
-
-
-def _block_inputs(model: nn.Module, block: nn.Module, calib: torch.Tensor, batch_size: int):
-    """Inputs of the first block for each calibration batch: (hidden, other args, kwargs)."""
-    captured = []
-
-    def grab(module, args, kwargs):
-        captured.append((args[0], args[1:], kwargs))
-        raise _Stop
-
-    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for batch in calib.split(batch_size):
-            try:
-                model(input_ids=batch, use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def _run_block(block: nn.Module, inputs) -> list[torch.Tensor]:
-    outputs = []
-    for hidden, args, kwargs in inputs:
-        out = block(hidden, *args, **kwargs)
-        outputs.append(out[0] if isinstance(out, tuple) else out)
-    return outputs
+    return _io.verify_manifest(path, FORMAT)
 
 
 class _Building:
@@ -200,53 +175,53 @@ class _Building:
         return None if weight is None else (weight, self.tensors.get(f"{unit}.{level}.bias"))
 
 
-def _build(tmp: Path, model, space, calib, config, criterion, key, key_parts, progress) -> None:
+def _build(tmp: Path, model, space, tokens, config, criterion, key, key_parts, progress) -> None:
     start = time.perf_counter()
-    blocks = get_module(model, space.spec["blocks"])
+    blockwise = Blockwise(model, space)
     by_block: dict[int, list[int]] = {}
     for u, unit in enumerate(space.units):
         by_block.setdefault(unit.block, []).append(u)
     source = _Building()
     composer = Composer(model, space, source)
-    files = {}
+    files, proxy = {}, [None] * space.n_units
     reference = space.nearest_levels(config.calib_from) if config.calib_from is not None else None
     with torch.no_grad(), torch_threads(config.threads):
-        inputs = None
-        if criterion.needs_data or reference is not None:
-            inputs = _block_inputs(model, blocks[0], calib, config.batch_size)
-        for b in progress_bar(range(len(blocks)), desc=f"building the supernet ({criterion.name})", enabled=progress):
+        inputs = [blockwise.embed(batch) for batch in tokens.split(config.batch_size)]
+        hidden = [x.hidden for x in inputs]  # the current block's input, per batch
+        n_tokens = sum(h.shape[0] * h.shape[1] for h in hidden)
+        for b in progress_bar(range(blockwise.n_blocks), desc=f"building the supernet ({criterion.name})",
+                              enabled=progress):
             units = by_block.get(b, [])
-            stats, outputs = _collect(model, space, units, blocks[b], inputs) if inputs is not None else ({}, None)
+            stats, outputs = _collect(model, space, units, blockwise, b, inputs, hidden)
+            residual = sum(float((h.double() ** 2).sum()) for h in hidden) / n_tokens
             block_tensors = {}
             for u in units:
-                block_tensors.update(_unit_tensors(model, space, u, criterion, stats, config.damp))
+                tensors, local, energy = _unit_tensors(model, space, u, criterion, stats, config.damp)
+                block_tensors.update(tensors)
+                proxy[u] = {"local": [e / n_tokens for e in local], "output": energy / n_tokens, "residual": residual}
             source.tensors.update(block_tensors)
-            if inputs is not None and b + 1 < len(blocks):
+            if b + 1 < blockwise.n_blocks:
                 if reference is not None:  # the next block sees this one pruned at the reference level
                     levels = np.zeros(space.n_units, dtype=int)
                     levels[units] = reference[units]
                     composer.apply(levels)
-                    outputs = _run_block(blocks[b], inputs)
+                    outputs = [blockwise.run(h, x, b, b + 1) for h, x in zip(hidden, inputs)]
                     composer.apply(np.zeros(space.n_units, dtype=int))
-                inputs = _next_inputs(inputs, outputs)
+                hidden = outputs
             name = f"block-{b:04d}.safetensors"
             save_file({k: v.contiguous() for k, v in block_tensors.items()}, str(tmp / name))
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _io.file_sha256(tmp / name)}
     manifest = {
         "format": FORMAT, "key": key, "key_parts": key_parts, "criterion": criterion.name,
-        "space": space.to_dict(), "units": [u.name for u in space.units],
-        "build_seconds": round(time.perf_counter() - start, 2), "files": files,
+        "space": space.to_dict(), "units": [u.name for u in space.units], "tokens": n_tokens,
+        "build_seconds": round(time.perf_counter() - start, 2), "files": files, "proxy": proxy,
     }
     _io.write_json(tmp / "manifest.json", manifest)
 
 
-def _next_inputs(inputs, outputs):
-    return [(out, args, kwargs) for (_, args, kwargs), out in zip(inputs, outputs)]
-
-
-def _collect(model, space, units, block, inputs) -> tuple[dict[str, LayerStats], list[torch.Tensor]]:
-    """Run the dense block once, gathering the input statistics of every linear layer its units touch
-    (Gram matrices for output projections); returns them with the block's outputs."""
+def _collect(model, space, units, blockwise, b, inputs, hidden) -> tuple[dict[str, LayerStats], list[torch.Tensor]]:
+    """Run dense block `b` once, gathering the input statistics of every linear layer its units touch
+    (Gram matrices for the output projections of structured units); returns them with the block's outputs."""
     stats: dict[str, LayerStats] = {}
     handles = []
     for u in units:
@@ -260,29 +235,37 @@ def _collect(model, space, units, block, inputs) -> tuple[dict[str, LayerStats],
             handles.append(get_module(model, path).register_forward_pre_hook(
                 lambda m, args, s=stats[path], g=gram: s.add(args[0], g)))
     try:
-        outputs = _run_block(block, inputs)
+        outputs = [blockwise.run(h, x, b, b + 1) for h, x in zip(hidden, inputs)]
     finally:
         for h in handles:
             h.remove()
     return stats, outputs
 
 
-def _unit_tensors(model, space, u, criterion, stats, damp) -> dict[str, torch.Tensor]:
+def _unit_tensors(model, space, u, criterion, stats, damp) -> tuple[dict[str, torch.Tensor], list[float], float]:
+    """The unit's cache tensors, its summed output error at each level (of the output projection for
+    structured units, of the layer itself for unstructured ones) and the summed output energy there."""
     unit = space.units[u]
     if unit.kind == "linear":
-        weight = linear_weight(get_module(model, unit.module))
-        scores = criterion.weight_scores(weight, stats.get(unit.module))
-        return {f"{u}.removal": removal_levels(scores, unit.counts)}
+        module = get_module(model, unit.module)
+        weight = linear_weight(module)
+        removal = removal_levels(criterion.weight_scores(weight, stats[unit.module]), unit.counts)
+        local = masked_errors(weight, stats[unit.module], removal, unit.n_levels)
+        return {f"{u}.removal": removal}, local.tolist(), output_energy(weight, None, stats[unit.module])
     weights = {p: linear_weight(get_module(model, p)) for p in unit.modules}
     removal = removal_levels(criterion.group_scores(unit, weights, stats), unit.counts)
     tensors = {f"{u}.removal": removal}
-    if criterion.reconstructs:
-        consumer = get_module(model, unit.consumer.module)
-        for level in range(1, unit.n_levels):
-            kept = np.flatnonzero(removal.numpy() > level)
-            weight, bias = lsq_refit(weights[unit.consumer.module], consumer.bias, stats[unit.consumer.module],
-                                     unit.consumer.indices(kept), damp)
+    consumer = get_module(model, unit.consumer.module)
+    w_out, s_out = weights[unit.consumer.module], stats[unit.consumer.module]
+    local = [0.0]
+    for level in range(1, unit.n_levels):
+        kept = np.flatnonzero(removal.numpy() > level)
+        if criterion.reconstructs:
+            weight, bias, error = lsq_refit(w_out, consumer.bias, s_out, unit.consumer.indices(kept), damp)
             tensors[f"{u}.{level}.weight"] = native_layout(consumer, weight)
             if bias is not None:
                 tensors[f"{u}.{level}.bias"] = bias
-    return tensors
+        else:
+            error = sliced_error(w_out, s_out, unit.consumer.indices(np.flatnonzero(removal.numpy() <= level)))
+        local.append(error)
+    return tensors, local, output_energy(w_out, consumer.bias, s_out)

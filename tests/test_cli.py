@@ -25,7 +25,8 @@ def test_search_prints_the_table_and_writes_result_and_model(model_dirs, cache_d
                  *tiny_args(model_dirs, cache_dir)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "KL to dense" in printed and "held-out ppl" in printed and "FLOPs ratio" in printed
+    assert "calib KL" in printed and "held-out KL" in printed and "held-out ppl" in printed and "FLOPs ratio" in printed
+    assert "stages (time / peak memory): build" in printed
     result = json.loads(out.read_text())
     assert RESULT_KEYS <= set(result)
     assert {"flops", "flops_ratio", "params", "params_ratio", "bytes"} <= set(result["cost"])
@@ -95,6 +96,7 @@ def test_same_seed_same_result_in_fresh_processes(model_dirs, tmp_path):
         assert done.returncode == 0, done.stderr
         result = json.loads(out.read_text())
         result.pop("seconds")
+        result.pop("stages")  # wall times and memory peaks
         result["config"].pop("cache_dir")
         results.append(result)
     assert results[0] == results[1]

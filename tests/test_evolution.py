@@ -183,4 +183,5 @@ def test_same_seed_and_kill_resume_in_real_processes(model_dirs, cache_dir, tmp_
     results.append(json.loads(out.read_text()))
     for r in results:
         r.pop("seconds")
+        r.pop("stages")  # wall times and memory peaks
     assert results[0] == results[1] == results[2]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from allocsearch.pipeline import available_cores
+
 pytest.importorskip("ray")
 
 from .test_cli import tiny_args  # noqa: E402
@@ -26,8 +28,9 @@ def test_search_submitted_as_a_ray_job(model_dirs, cache_dir, tmp_path):
     token = subprocess.run([ray_cli, "get-auth-token", "--generate"], env=env, check=True, capture_output=True,
                            text=True).stdout.strip().splitlines()[-1]
     port, dashboard = free_port(), free_port()
+    cpus = 2 * available_cores() + 1  # two workers holding the default threads each, and one to spare
     subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=3",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--num-cpus={cpus}",
                     "--disable-usage-stats"], env=env, check=True, capture_output=True)
     try:
         # Ray 2.60 heads authenticate by default; the client sends the head's token

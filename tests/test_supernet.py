@@ -117,7 +117,7 @@ def test_evaluations_never_write_the_cache(sessions):
 def test_cache_key_changes_with_what_shapes_the_cache(model_dirs, tmp_path):
     keys = {
         Session(tiny_config(model_dirs["gpt2"], tmp_path, **options), progress=False).supernet.key
-        for options in ({}, {"criterion": "wanda"}, {"grid_step": 0.125}, {"calib_sequences": 4},
+        for options in ({}, {"criterion": "wanda"}, {"grid_step": 0.125}, {"build_sequences": 4},
                         {"calib_from": 0.5})
     }
     assert len(keys) == 5
