@@ -56,6 +56,12 @@ class Blockwise:
         return len(self.blocks)
 
     @property
+    def embed_width(self) -> int:
+        """The width of the hidden states between blocks."""
+        config = self.model.config
+        return int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

@@ -60,9 +60,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("error table (dp, admm, the planner)")
     g.add_argument("--table", choices=["exact", "fast", "proxy"], help="exact: every cell measured on all "
                    "calibration tokens; fast: on a share of them; proxy (default): the build's local errors, "
-                   "scaled per unit by one measured cell")
+                   "fitted per unit to two measured cells")
     g.add_argument("--table-fidelity", type=_fraction, help="share of calibration batches the fast or proxy "
-                   "table's measured cells use (default 1/8)")
+                   "table's measured cells use (default 1/16)")
 
 
 def _add_budget(p: argparse.ArgumentParser) -> None:
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="result.json", help="result file (default result.json)")
     p.add_argument("--export", dest="export_dir", help="also write the pruned model to this directory")
     p.add_argument("--planner", help="add what the search evaluated to this planner file (made if missing)")
+    p.add_argument("--plot", help="draw the allocation, a bar per unit, to this PNG file")
     g = p.add_argument_group("evolution")
     g.add_argument("--generations", type=int, help="generations per round (default 50)")
     g.add_argument("--offspring", type=int, help="children per generation (default 64)")
@@ -263,6 +264,10 @@ def _search(args: argparse.Namespace) -> int:
     print(f"\nresult -> {args.out}" + (f"; pruned model -> {args.export_dir}" if args.export_dir else ""))
     if args.planner:
         _add_to_planner(args.planner, session, [result])
+    if args.plot:
+        from .plot import plot_allocation
+
+        print(f"allocation plot -> {plot_allocation(result, args.plot)}")
     return 0
 
 

@@ -36,7 +36,7 @@ from .blockwise import Blockwise
 from .data import tokens_hash
 
 FORMAT = 1
-LOGITS_BYTES = 64 * 2**20  # a language-model head runs on chunks of tokens whose logits fit in this
+LOGITS_BYTES = 32 * 2**20  # a language-model head runs on chunks of tokens whose logits fit in this
 log = logging.getLogger(__name__)
 
 

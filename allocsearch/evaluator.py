@@ -44,8 +44,8 @@ MEMO_ENTRIES = 200_000  # remembered batch scores
 class EvaluatorConfig:
     """Args:
         threads: torch threads for every forward.
-        anchor_memory: bytes of block inputs kept for the best full-fidelity candidate; None: half the
-            model's weights.
+        anchor_memory: bytes of block inputs kept for the best full-fidelity candidate; None: a quarter
+            of the model's weights.
     """
 
     threads: int = 1
@@ -55,10 +55,12 @@ class EvaluatorConfig:
 @dataclass(frozen=True)
 class HeldOut:
     """Held-out scores of one allocation: `score` is perplexity (language models) or embedding cosine
-    to dense (encoders); `fitness` the distortion to dense on held-out tokens (KL or NMSE)."""
+    to dense (encoders); `fitness` the distortion to dense on held-out tokens (KL or NMSE), and
+    `batches` that distortion on each held-out batch (its spread is the held-out score's noise)."""
 
     score: float
     fitness: float
+    batches: tuple[float, ...] = ()
 
 
 class _Anchor:
@@ -96,7 +98,8 @@ class Evaluator:
         self._anchor: _Anchor | None = None
         self._held: tuple[bytes, HeldOut] | None = None
         weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self._anchor_bytes = config.anchor_memory if config.anchor_memory is not None else weights // 2
+        self._state_bytes = next(self.model.parameters()).element_size()
+        self._anchor_bytes = config.anchor_memory if config.anchor_memory is not None else weights // 4
         self.dense_heldout = heldout_pass.dense_score if heldout_pass is not None else None
 
     @property
@@ -139,11 +142,23 @@ class Evaluator:
                 else:
                     self._memo.move_to_end((key, i))
                 total, weight = total + scores[0], weight + scores[1]
+            value = total / weight
+            if record is not None and value < (self._anchor.fitness if self._anchor else np.inf):
+                self._promote(record, value)
         self.evaluations += 1
-        value = total / weight
-        if record is not None and record.states and value < (self._anchor.fitness if self._anchor else np.inf):
-            record.fitness, self._anchor = value, record
         return value
+
+    def _promote(self, record: _Anchor, value: float) -> None:
+        """Make a new best candidate the anchor, its first batches' block inputs complete: a batch
+        scored before (at a lower fidelity) runs once more to give them."""
+        first = self.calib[: self.batch_size]
+        for i in range(self.n_batches):
+            if i not in record.states:
+                if not self._may_record(i, record.start, first):
+                    break
+                self._score_batch(record.levels, i, record.start, record)
+        if record.states:
+            record.fitness, self._anchor = value, record
 
     def _remember(self, key: tuple[bytes, int], scores: tuple[float, float]) -> None:
         self._memo[key] = scores
@@ -155,7 +170,7 @@ class Evaluator:
         batch = self.calib[i * self.batch_size : (i + 1) * self.batch_size]
         inputs = self.blockwise.embed(batch)
         hidden, begin = self._start_state(levels, i, start, inputs)
-        states = [] if record is not None and self._may_record(i, start, inputs.hidden) else None
+        states = [] if record is not None and self._may_record(i, start, batch) else None
         if states is not None and begin > start:  # the anchor's own inputs cover blocks start..begin-1
             states += self._anchor.states[i][: begin - start]
         hidden = self.blockwise.final(self.blockwise.run(hidden, inputs, begin, states=states))
@@ -163,7 +178,7 @@ class Evaluator:
             record.states[i] = states
         reference = self.calib_pass.reference(i)
         if self.task == "causal_lm":
-            kl, _, count = self._lm_scores(hidden, reference, None)
+            kl, count, _ = self._lm_scores(hidden, reference, None)
             return kl, count
         ref = reference["hidden"].to(hidden.device)
         return float(((hidden.float() - ref) ** 2).double().sum()), float((ref.double() ** 2).sum())
@@ -180,13 +195,14 @@ class Evaluator:
             return inputs.hidden, 0
         return self.calib_pass.block_input(start, i).to(inputs.hidden.device), start
 
-    def _may_record(self, i: int, start: int, hidden: torch.Tensor) -> bool:
-        per_batch = (self.blockwise.n_blocks - start) * hidden.numel() * hidden.element_size()
-        return (i + 1) * per_batch <= self._anchor_bytes
+    def _may_record(self, i: int, start: int, batch: torch.Tensor) -> bool:
+        """Whether batch i's block inputs, and those of every batch before it, fit in `anchor_memory`."""
+        hidden = self.blockwise.embed_width * batch.numel() * self._state_bytes
+        return (i + 1) * (self.blockwise.n_blocks - start) * hidden <= self._anchor_bytes
 
-    def _lm_scores(self, hidden: torch.Tensor, reference: dict, batch: torch.Tensor | None) -> tuple[float, float, int]:
-        """KL to the reference summed over positions, and with `batch` the summed negative
-        log-likelihood of its next tokens; the head runs on chunks of positions."""
+    def _lm_scores(self, hidden: torch.Tensor, reference: dict, batch: torch.Tensor | None) -> tuple[float, int, float]:
+        """KL to the reference summed over positions, the number of positions, and with `batch` the
+        summed negative log-likelihood of its next tokens; the head runs on chunks of positions."""
         flat = hidden.reshape(-1, hidden.shape[-1])  # (tokens, hidden)
         targets = next_tokens(batch).to(flat.device) if batch is not None else None
         kl = nll = 0.0
@@ -198,7 +214,7 @@ class Evaluator:
                 target = targets[chunk]
                 known = target >= 0
                 nll -= float(logq[known].gather(-1, target[known][:, None]).double().sum())
-        return kl, nll, len(flat)
+        return kl, len(flat), nll
 
     def heldout(self, levels: np.ndarray) -> HeldOut:
         """Held-out scores of the allocation (see `HeldOut`); the last one is remembered."""
@@ -211,22 +227,24 @@ class Evaluator:
         lm = self.task == "causal_lm"
         distortion = weight = score = 0.0
         count = 0
+        per_batch = []
         with torch.no_grad(), torch_threads(self.config.threads):
             for i, batch in enumerate(self.heldout_tokens.split(self.batch_size)):
                 inputs = self.blockwise.embed(batch)
                 hidden = self.blockwise.final(self.blockwise.run(inputs.hidden, inputs, 0))
                 reference = self.heldout_pass.reference(i)
                 if lm:
-                    kl, nll, positions = self._lm_scores(hidden, reference, batch)
-                    distortion, weight, score = distortion + kl, weight + positions, score + nll
-                    count += int((next_tokens(batch) >= 0).sum())
+                    part, part_weight, nll = self._lm_scores(hidden, reference, batch)
+                    score, count = score + nll, count + int((next_tokens(batch) >= 0).sum())
                 else:
                     ref = reference["hidden"].to(hidden.device)
-                    distortion += float(((hidden.float() - ref) ** 2).double().sum())
-                    weight += float((ref.double() ** 2).sum())
+                    part = float(((hidden.float() - ref) ** 2).double().sum())
+                    part_weight = float((ref.double() ** 2).sum())
                     cosine = torch.cosine_similarity(_pooled(hidden), _pooled(ref), dim=-1)
                     score, count = score + float(cosine.double().sum()), count + len(batch)
-        held = HeldOut(math.exp(score / count) if lm else score / count, distortion / weight)
+                distortion, weight = distortion + part, weight + part_weight
+                per_batch.append(part / part_weight)
+        held = HeldOut(math.exp(score / count) if lm else score / count, distortion / weight, tuple(per_batch))
         self._held = (levels.tobytes(), held)
         return held
 

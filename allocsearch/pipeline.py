@@ -111,7 +111,7 @@ class RunConfig:
     calib_from: float | None = None
     damp: float = 0.01
     table: str = "proxy"
-    table_fidelity: float = 1 / 8
+    table_fidelity: float = 1 / 16
     threads: int | None = None
     batch_size: int = 8
     topk: int | None = None
@@ -319,8 +319,8 @@ class Session:
         runner = runner or InProcessRunner(self.evaluator)
         with stage(self.stages, "table", self.device):
             if kind == "proxy":
-                log.info("proxy error table: %d measured cells on %.3g of the calibration batches",
-                         self.space.n_units, fidelity)
+                log.info("proxy error table: two measured cells per unit on %.3g of the calibration batches",
+                         fidelity)
                 table, _ = proxy_table(self.supernet.local_errors(), self.space.fraction_table, runner,
                                        fidelity=fidelity, progress=self.progress)
             else:

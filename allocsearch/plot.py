@@ -1,7 +1,8 @@
-"""Plots: the budget frontier against uniform pruning."""
+"""Plots: the budget frontier against uniform pruning, and an allocation unit by unit."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,39 @@ def plot_frontier(planner, metric: str, out: str | Path) -> Path:
     ax.set_title(f"{planner.space.family}, {planner.space.granularity}: error against {metric}")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_allocation(result, out: str | Path) -> Path:
+    """A bar per unit: the removed fraction of a `Result`'s allocation, block by block (heads and
+    channels side by side for structured spaces, every layer for unstructured ones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, fractions = list(result.allocation), np.array(list(result.allocation.values()))
+    kinds = [re.split(r"\.\d+\.", name, maxsplit=1)[-1] for name in names]  # the unit's name within its block
+    order = list(dict.fromkeys(kinds))
+    width = 0.8 / len(order)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.12 * len(names)), 4), dpi=120)
+    per_kind = {kind: [f for f, k in zip(fractions, kinds) if k == kind] for kind in order}
+    for j, kind in enumerate(order):
+        values = per_kind[kind]
+        ax.bar(np.arange(len(values)) + (j - (len(order) - 1) / 2) * width, values, width, label=kind)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("block")
+    ax.set_ylabel("removed fraction")
+    cost = result.cost.get("flops_ratio")
+    ax.set_title(f"{result.method}: {', '.join(f'{m}={v:g}' for m, v in result.budget.items())}; "
+                 f"FLOPs ratio {cost:.3f}, fitness {result.fitness:.4g}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(ncol=min(len(order), 7), fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

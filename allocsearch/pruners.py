@@ -36,12 +36,14 @@ class LayerStats:
     gram: torch.Tensor | None = None  # sum of x x^T  # (in, in); consumers of structured units only
 
     def add(self, x: torch.Tensor, with_gram: bool) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()  # (tokens, in)
-        sq, total = (x * x).sum(0), x.sum(0)
+        x = x.reshape(-1, x.shape[-1])  # (tokens, in)
+        wide = x.double()
+        sq, total = (wide * wide).sum(0), wide.sum(0)
         self.sq = sq if self.sq is None else self.sq + sq
         self.total = total if self.total is None else self.total + total
-        if with_gram:
-            gram = x.T @ x
+        if with_gram:  # each batch's product in float32 (twice as fast), summed in float64
+            narrow = x.float()
+            gram = (narrow.T @ narrow).double()
             self.gram = gram if self.gram is None else self.gram + gram
         self.tokens += x.shape[0]
 
@@ -101,40 +103,53 @@ def wanda_weights(weight: torch.Tensor, stats: LayerStats | None) -> torch.Tenso
     return weight.double().abs() * stats.sq.sqrt()[None, :]
 
 
-def lsq_refit(weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStats, columns: np.ndarray,
-              damp: float) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """Least-squares refit of the kept `columns` of an output projection (and its bias).
+class LsqRefit:
+    """Least-squares refits of one output projection's kept columns (and its bias), for any set of them.
 
-    Minimises sum_n ||W x_n + b - (W' x_n[K] + b')||^2 + lam ||W'||^2 over the calibration inputs
-    x_n, using only their Gram matrix: W' = W G[:, K] (G[K, K] + lam I)^-1, with x augmented by a
-    constant 1 when there is a bias. lam = damp * mean(diag G[K, K]). Returns (out, |K|) weights
-    and the new bias, in the input dtype, and the reconstruction error sum_n ||W x_n + b - W' x_n[K] - b'||^2,
-    which with B = W G[:, K] is tr(W G W^T) - sum(B * W') - lam ||W'||^2 (the refit's normal equations).
+    For kept columns K, minimises sum_n ||W x_n + b - (W' x_n[K] + b')||^2 + lam ||W'||^2 over the
+    calibration inputs x_n, using only their Gram matrix G: W' = W G[:, K] (G[K, K] + lam I)^-1, with x
+    augmented by a constant 1 when there is a bias. lam = damp * mean(diag G[K, K]). The
+    reconstruction error sum_n ||W x_n + b - W' x_n[K] - b'||^2 follows from the normal equations:
+    with B = W G[:, K], it is tr(W G W^T) - sum(B * W') - lam ||W'||^2. W G and tr(W G W^T) are
+    computed once for all levels.
+
+    Example:
+        >>> refit = LsqRefit(weight, bias, stats, damp=0.01)
+        >>> new_weight, new_bias, error = refit(kept_columns)
     """
-    w = weight.double()  # (out, in)
-    gram, cols = stats.gram, torch.from_numpy(columns)
-    if bias is not None:  # augment x with a constant 1: the bias is refit too
-        n = gram.shape[0]
-        full = torch.zeros(n + 1, n + 1, dtype=torch.float64)
-        full[:n, :n], full[:n, n], full[n, :n], full[n, n] = gram, stats.total, stats.total, stats.tokens
-        gram, w = full, torch.cat([w, bias.double()[:, None]], 1)
-        cols = torch.cat([cols, torch.tensor([n])])
-    a = gram[cols][:, cols].clone()  # (k, k)
-    n_kept = len(columns)
-    if n_kept:
-        lam = damp * a.diagonal()[:n_kept].mean()
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStats, damp: float) -> None:
+        self.dtype, self.damp, self.has_bias = weight.dtype, damp, bias is not None
+        w, gram = weight.double(), stats.gram  # (out, in), (in, in)
+        self.n = gram.shape[0]
+        if bias is not None:  # augment x with a constant 1: the bias is refit too
+            full = torch.zeros(self.n + 1, self.n + 1, dtype=torch.float64)
+            full[: self.n, : self.n], full[: self.n, self.n], full[self.n, : self.n] = gram, stats.total, stats.total
+            full[self.n, self.n] = stats.tokens
+            gram, w = full, torch.cat([w, bias.double()[:, None]], 1)
+        self.gram = gram
+        self.wg = w @ gram  # (out, in [+1])
+        self.energy = float((self.wg * w).sum())  # sum_n ||W x_n + b||^2
+
+    def __call__(self, columns: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """(out, |K|) weights and the new bias, in the weight's dtype, and the reconstruction error."""
+        cols = torch.from_numpy(columns)
+        if self.has_bias:
+            cols = torch.cat([cols, torch.tensor([self.n])])
+        a = self.gram[cols][:, cols]  # (k, k)
+        b = self.wg[:, cols]  # (out, k)
+        n_kept = len(columns)
+        lam = self.damp * float(a.diagonal()[:n_kept].mean()) if n_kept else 0.0
         a.diagonal()[:n_kept] += lam
-    b = w @ gram[:, cols]  # (out, k)
-    if len(cols) == 0:
-        refit = b
-    else:
-        refit = torch.linalg.solve(a, b.T).T  # a is symmetric
-    error = float(((w @ gram) * w).sum() - (b * refit).sum())
-    if n_kept:
-        error -= float(lam * (refit[:, :n_kept] ** 2).sum())
-    if bias is not None:
-        return refit[:, :-1].to(weight.dtype), refit[:, -1].to(weight.dtype), max(error, 0.0)
-    return refit.to(weight.dtype), None, max(error, 0.0)
+        if len(cols) == 0:
+            refit = b
+        else:
+            factor, info = torch.linalg.cholesky_ex(a)
+            refit = torch.cholesky_solve(b.T, factor).T if int(info) == 0 else torch.linalg.solve(a, b.T).T
+        error = self.energy - float((b * refit).sum()) - lam * float((refit[:, :n_kept] ** 2).sum())
+        if self.has_bias:
+            return refit[:, :-1].to(self.dtype), refit[:, -1].to(self.dtype), max(error, 0.0)
+        return refit.to(self.dtype), None, max(error, 0.0)
 
 
 def sliced_error(weight: torch.Tensor, stats: LayerStats, removed: np.ndarray) -> float:
@@ -148,24 +163,24 @@ def sliced_error(weight: torch.Tensor, stats: LayerStats, removed: np.ndarray) -
 
 
 def output_energy(weight: torch.Tensor, bias: torch.Tensor | None, stats: LayerStats) -> float:
-    """sum_n ||W x_n + b||^2 over the calibration inputs; the diagonal of the Gram alone without one."""
+    """sum_n ||W x_n + b||^2 over the calibration inputs, from their Gram matrix."""
     w = weight.double()
-    if stats.gram is None:
-        energy = float((w**2 @ stats.sq).sum())
-    else:
-        energy = float(((w @ stats.gram) * w).sum())
+    energy = float(((w @ stats.gram) * w).sum())
     if bias is not None:
         b = bias.double()
         energy += float(2 * (b @ (w @ stats.total)) + stats.tokens * (b @ b))
     return energy
 
 
-def masked_errors(weight: torch.Tensor, stats: LayerStats, removal: torch.Tensor, n_levels: int) -> np.ndarray:
-    """Per level, sum_ij W_ij^2 sum_n x_nj^2 over the weights removed at or below it: the output error of
-    unstructured masks with the inputs taken as uncorrelated (Wanda's own assumption).  # (levels,)"""
-    contribution = weight.double() ** 2 * stats.sq[None, :]  # (out, in)
-    by_level = torch.bincount(removal.long().flatten(), weights=contribution.flatten(), minlength=n_levels + 1)
-    return torch.cumsum(by_level[:n_levels], 0).numpy()
+def masked_errors(weight: torch.Tensor, stats: LayerStats, removal: torch.Tensor, n_levels: int) -> list[float]:
+    """Per level, sum_n ||(W - W_k) x_n||^2 for the unstructured mask of that level (W_k keeps the weights
+    removed above it), from the Gram matrix: sum((D G) * D) with D = W * (removal <= k).  # (levels,)"""
+    w, gram = weight.float(), stats.gram.float()  # float32 products, float64 sums
+    errors = [0.0]
+    for k in range(1, n_levels):
+        removed = w * (removal <= k)  # (out, in)
+        errors.append(float(((removed @ gram) * removed).double().sum()))
+    return errors
 
 
 @dataclass(frozen=True)

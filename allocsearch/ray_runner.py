@@ -1,8 +1,9 @@
 """Evaluating candidates on Ray actors: the only module that imports Ray.
 
 `RayRunner(session, workers=N)` starts N actors. Each builds the session's evaluator once from the
-session's configuration: it loads the model and opens the supernet cache from the cache directory
-(memory-mapped, so actors on one node share the cache's pages) and fixes its torch thread count.
+session's configuration: it loads the model and opens the caches the driver built (the supernet and
+the dense passes, read from the cache directory a batch or a variant at a time) and fixes its torch
+thread count.
 `evaluate(allocations, fidelity)` hands candidates to whichever actor is free and returns the
 fitnesses in candidate order. An evaluation is a pure function of (allocation, fidelity, data), so
 a seeded search gives the same result for any number of workers.
@@ -103,7 +104,7 @@ class RayRunner:
             raise ConfigError(f"workers={workers} must be at least 1")
         threads = session.config.threads
         self.ray_seconds = connect(workers, threads, address)  # 0 when Ray was already up
-        _ = session.supernet, session.calib_tokens  # build the cache here, once, before the actors open it
+        _ = session.supernet, session.calib_pass, session.heldout_pass  # the caches, built here once; actors open them
         space = session.space
         spec = {"config": asdict(session.config), "counts": [list(u.counts) for u in space.units],
                 "grid": asdict(space.grid)}

@@ -1,16 +1,20 @@
 """The supernet cache: every unit of a search space pruned at every level, built once, on disk.
 
-Build: calibration tokens run through the model block by block. For each block, hooks gather the
-input statistics of its linear layers; the criterion turns them into removal levels (one small
-integer per group or weight, masks nested across levels) and, for reconstructing criteria, into
-per-level output-projection weights (kept slices only). The next block's inputs come from the dense
-block (default) or from the block pruned at a reference level (`calib_from`, Tyr's error
-accumulation).
+Build: the build's calibration windows (many more tokens than a refit has inputs) run through the
+model block by block, each block once. For each block, hooks gather the input statistics of its
+linear layers (Gram matrices where a refit or a local error needs them); the criterion turns them
+into removal levels (one small integer per group or weight, masks nested across levels) and, for
+reconstructing criteria, into per-level output-projection weights (kept slices only). For every unit
+and level the build also records the local output error ||W x - W' x'||^2 relative to ||W x||^2, in
+closed form from the Gram matrix: the input of the proxy error table. The next block's inputs come
+from the dense block (default) or from the block pruned at a reference level (`calib_from`, Tyr's
+error accumulation).
 
 On disk, a directory per cache key (model weights, space, criterion, grid, calibration data and
 options): one safetensors file per block and a `manifest.json` with SHA-256 checksums, written to a
 temporary directory and renamed into place. A cache whose manifest or checksums do not match is
-rebuilt, never used. Per-level weights are read as memory maps, zero-copy, and never written.
+rebuilt, never used. Per-level weights are read when a candidate needs them, into memory of their
+own (only the variants in use take memory), and never written.
 """
 
 from __future__ import annotations
@@ -36,10 +40,10 @@ from .compose import Composer
 from .data import tokens_hash
 from .errors import ConfigError
 from .blockwise import Blockwise
-from .pruners import LayerStats, get_criterion, lsq_refit, masked_errors, output_energy, removal_levels, sliced_error
+from .pruners import LayerStats, LsqRefit, get_criterion, masked_errors, output_energy, removal_levels, sliced_error
 from .space import SearchSpace
 
-FORMAT = 2
+FORMAT = 3
 log = logging.getLogger(__name__)
 
 
@@ -199,7 +203,7 @@ def _build(tmp: Path, model, space, tokens, config, criterion, key, key_parts, p
                 tensors, local, energy = _unit_tensors(model, space, u, criterion, stats, config.damp)
                 block_tensors.update(tensors)
                 proxy[u] = {"local": [e / n_tokens for e in local], "output": energy / n_tokens, "residual": residual}
-            source.tensors.update(block_tensors)
+            source.tensors = block_tensors  # what composing this block needs; earlier blocks are on disk
             if b + 1 < blockwise.n_blocks:
                 if reference is not None:  # the next block sees this one pruned at the reference level
                     levels = np.zeros(space.n_units, dtype=int)
@@ -221,8 +225,20 @@ def _build(tmp: Path, model, space, tokens, config, criterion, key, key_parts, p
 
 def _collect(model, space, units, blockwise, b, inputs, hidden) -> tuple[dict[str, LayerStats], list[torch.Tensor]]:
     """Run dense block `b` once, gathering the input statistics of every linear layer its units touch
-    (Gram matrices for the output projections of structured units); returns them with the block's outputs."""
+    (Gram matrices for the output projections of structured units, for every layer of unstructured
+    ones); returns them with the block's outputs. Layers fed the same tensor (q, k and v; gate and
+    up) share one set of statistics."""
     stats: dict[str, LayerStats] = {}
+    seen: dict[int, tuple[str, torch.Tensor]] = {}  # this batch's inputs by identity (held, so ids stay unique)
+
+    def add(path: str, x: torch.Tensor, gram: bool) -> None:
+        owner = seen.get(id(x))
+        if owner is None:
+            stats[path].add(x, gram)
+            seen[id(x)] = (path, x)
+        elif stats[path] is not stats[owner[0]]:
+            stats[path] = stats[owner[0]]
+
     handles = []
     for u in units:
         unit = space.units[u]
@@ -231,11 +247,14 @@ def _collect(model, space, units, blockwise, b, inputs, hidden) -> tuple[dict[st
             if path in stats:
                 continue
             stats[path] = LayerStats()
-            gram = path in consumers and space.granularity == "structured"
+            gram = space.granularity == "unstructured" or path in consumers
             handles.append(get_module(model, path).register_forward_pre_hook(
-                lambda m, args, s=stats[path], g=gram: s.add(args[0], g)))
+                lambda m, args, p=path, g=gram: add(p, args[0], g)))
+    outputs = []
     try:
-        outputs = [blockwise.run(h, x, b, b + 1) for h, x in zip(hidden, inputs)]
+        for h, x in zip(hidden, inputs):
+            outputs.append(blockwise.run(h, x, b, b + 1))
+            seen.clear()
     finally:
         for h in handles:
             h.remove()
@@ -251,21 +270,22 @@ def _unit_tensors(model, space, u, criterion, stats, damp) -> tuple[dict[str, to
         weight = linear_weight(module)
         removal = removal_levels(criterion.weight_scores(weight, stats[unit.module]), unit.counts)
         local = masked_errors(weight, stats[unit.module], removal, unit.n_levels)
-        return {f"{u}.removal": removal}, local.tolist(), output_energy(weight, None, stats[unit.module])
+        return {f"{u}.removal": removal}, local, output_energy(weight, None, stats[unit.module])
     weights = {p: linear_weight(get_module(model, p)) for p in unit.modules}
     removal = removal_levels(criterion.group_scores(unit, weights, stats), unit.counts)
     tensors = {f"{u}.removal": removal}
     consumer = get_module(model, unit.consumer.module)
     w_out, s_out = weights[unit.consumer.module], stats[unit.consumer.module]
+    refit = LsqRefit(w_out, consumer.bias, s_out, damp) if criterion.reconstructs else None
     local = [0.0]
     for level in range(1, unit.n_levels):
         kept = np.flatnonzero(removal.numpy() > level)
-        if criterion.reconstructs:
-            weight, bias, error = lsq_refit(w_out, consumer.bias, s_out, unit.consumer.indices(kept), damp)
+        if refit is not None:
+            weight, bias, error = refit(unit.consumer.indices(kept))
             tensors[f"{u}.{level}.weight"] = native_layout(consumer, weight)
             if bias is not None:
                 tensors[f"{u}.{level}.bias"] = bias
         else:
             error = sliced_error(w_out, s_out, unit.consumer.indices(np.flatnonzero(removal.numpy() <= level)))
         local.append(error)
-    return tensors, local, output_energy(w_out, consumer.bias, s_out)
+    return tensors, local, refit.energy if refit is not None else output_energy(w_out, consumer.bias, s_out)

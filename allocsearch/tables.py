@@ -6,9 +6,12 @@ Three kinds, from the most measured to the cheapest:
   unit's block on, from the dense pass's input there: a suffix of the model, not all of it.
 - `fast`: every cell measured on the first `fidelity` share of the calibration batches.
 - `proxy`: the build's local output error of every cell (||W x - W' x'||^2 / ||W x||^2 of the unit's
-  output projection, or of its layer when unstructured: no forward at all), scaled per unit so
-  that one measured cell, the one nearest half removed (on the `fidelity` share), matches: the
-  proxy gives each unit's shape across levels, the measured cell its weight in the model's output.
+  output projection, or of its layer when unstructured, computed from the calibration Gram matrix
+  with no forward at all), mapped per unit onto the model's distortion by a power law E = a * P^b
+  through two measured cells, those nearest a quarter and three quarters removed (on the
+  `fidelity` share). The local error orders a unit's levels; the measured cells give the unit its
+  weight in the model's output and how fast distortion grows with it (faster than linearly: b is
+  about 1.1 to 1.2 on the default model).
 
 Level 0 is 0 and cells past a unit's levels are inf.
 """
@@ -22,6 +25,7 @@ from .errors import ConfigError
 from .runners import Runner
 
 TABLES = ("exact", "fast", "proxy")
+PROXY_POINTS = (0.25, 0.75)  # removed fractions of the two measured cells per unit of a proxy table
 
 
 def check_table(kind: str, fidelity: float) -> None:
@@ -65,30 +69,37 @@ def error_table(runner: Runner, n_levels: np.ndarray, *, fidelity: float = 1.0, 
 
 
 def proxy_table(local: np.ndarray, fractions: np.ndarray, runner: Runner, *, fidelity: float,
-                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """`E[u, k]` from the local errors `local` (units, max_levels), each unit's row scaled to match one
-    measured cell, the level nearest half removed. Returns the table and the per-unit scales.
+                points: tuple[float, ...] = PROXY_POINTS, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """`E[u, k]` from the local errors `local` (units, max_levels) and two measured cells per unit.
 
-    A unit whose measured cell has no local error to scale (0) takes the median scale of the others.
-    # (units, max_levels), (units,)
+    Per unit, the cells at the levels nearest the removed fractions `points` are measured (on the
+    `fidelity` share of the batches) and the power law E = a * local^b through them gives every
+    level (b kept within [1/2, 2]; with one usable cell b = 1). A unit with no usable cell (no local
+    error where it was measured) takes b = 1 and the median a of the others. Returns the table and
+    each unit's (a, b).  # (units, max_levels), (units, 2)
     """
-    n_levels = np.isfinite(local).sum(1)
+    n_levels = np.isfinite(fractions).sum(1)
     cells = []
     for u in range(len(local)):
         if n_levels[u] > 1:
-            k = 1 + int(np.argmin(np.abs(fractions[u, 1 : n_levels[u]] - 0.5)))
-            cells.append((u, k))
-    measured = measure_cells(runner, n_levels, cells, fidelity=fidelity, progress=progress, desc="proxy table")
-    scales = np.full(len(local), np.nan)
-    for (u, k), value in zip(cells, measured):
-        if local[u, k] > 0:
-            scales[u] = value / local[u, k]
-    known = scales[np.isfinite(scales)]
-    scales[~np.isfinite(scales)] = np.median(known) if len(known) else 1.0
+            nearest = {1 + int(np.argmin(np.abs(fractions[u, 1 : n_levels[u]] - f))) for f in points}
+            cells += [(u, k) for k in sorted(nearest)]
+    measured: dict[int, list[tuple[float, float]]] = {}
+    for (u, k), value in zip(cells, measure_cells(runner, n_levels, cells, fidelity=fidelity, progress=progress,
+                                                   desc="proxy table")):
+        if local[u, k] > 0 and value > 0:
+            measured.setdefault(u, []).append((local[u, k], value))
+    fit = np.full((len(local), 2), np.nan)  # (a, b) per unit
+    for u, pairs in measured.items():
+        (p0, e0), (p1, e1) = pairs[0], pairs[-1]
+        b = float(np.clip(np.log(e1 / e0) / np.log(p1 / p0), 0.5, 2.0)) if p1 != p0 else 1.0
+        fit[u] = e0 / p0**b, b
+    unknown = np.isnan(fit[:, 0])
+    fit[unknown] = (np.median(fit[~unknown, 0]) if (~unknown).any() else 1.0), 1.0
     table = _empty(n_levels)
     for u in range(len(local)):
-        table[u, 1 : n_levels[u]] = scales[u] * local[u, 1 : n_levels[u]]
-    return table, scales
+        table[u, 1 : n_levels[u]] = fit[u, 0] * local[u, 1 : n_levels[u]] ** fit[u, 1]
+    return table, fit
 
 
 def _empty(n_levels: np.ndarray) -> np.ndarray:

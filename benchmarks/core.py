@@ -1,103 +1,93 @@
 """Core pipeline figures on the embedded default model, all taken in one run.
 
-- supernet build time and cache size on disk per prunable weight (structured lsq, unstructured wanda);
-- time per candidate evaluation against a bare forward over the same calibration tokens;
-- the error table's size and time;
-- uniform's fitness and held-out perplexity at FLOPs budgets 0.3 / 0.5 / 0.7.
-
-Usage: python benchmarks/core.py [--cache DIR] [--markdown BENCHMARKS.md]
-A fresh cache directory is used for the builds (the default model itself comes from --cache).
+- supernet build time, and cache bytes on disk per prunable weight: lsq in float32 and in bfloat16
+  (refit weights are stored in the evaluation dtype), wanda (one byte per weight);
+- evaluation overhead: a candidate's evaluation (compose, forward from its first pruned block,
+  score) against a bare whole-model forward of the same candidate over the same tokens, for a
+  candidate pruned from the first block and one pruned in the last block only;
+- uniform allocations at FLOPs budgets 0.3 / 0.5 / 0.7: calibration and held-out KL, perplexity.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from _markdown import publish
-
 from allocsearch import RunConfig, Session, search
 from allocsearch._torch import torch_threads
-from allocsearch.pipeline import default_cache_dir
+
+from ._common import Report, table, timed
 
 
-def build(granularity: str, model_dir: str, cache: Path) -> tuple[Session, float]:
-    session = Session(RunConfig(model=model_dir, granularity=granularity, cache_dir=str(cache), device="cpu"),
-                      progress=False)
-    _ = session.costs, session.calib_tokens
-    start = time.perf_counter()
-    _ = session.supernet
-    return session, time.perf_counter() - start
+def build(cache: Path, model_dir: str, **options) -> tuple[Session, float]:
+    session = Session(RunConfig(model=model_dir, cache_dir=str(cache), **options), progress=False)
+    _ = session.costs, session.weights_key, session.build_tokens
+    return session, timed(lambda: session.supernet)[1]
 
 
-def evaluation_timing(session: Session, repeats: int = 20) -> tuple[float, float, float]:
-    """Seconds per candidate evaluation (compose + forward + score), per bare forward of the same
-    composed candidates, and per bare dense forward, all over the same calibration tokens."""
-    evaluator, rng = session.evaluator, np.random.default_rng(0)
-    evaluate = bare = 0.0
-
-    def forward() -> float:
-        start = time.perf_counter()
+def bare_forward(session: Session) -> float:
+    """Seconds of whole-model forwards over the calibration tokens, in the evaluation's batches."""
+    def forward() -> None:
         with torch.no_grad(), torch_threads(session.config.threads):
             for batch in session.calib_tokens.split(session.config.batch_size):
-                session.model(input_ids=batch, use_cache=False)
-        return time.perf_counter() - start
+                if session.space.task == "causal_lm":
+                    session.model(input_ids=batch, use_cache=False)
+                else:
+                    session.model(input_ids=batch)
+    return timed(forward)[1]
 
+
+def overhead(session: Session, levels: np.ndarray, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of a fresh evaluation of `levels`, and of a bare forward of the composed candidate."""
+    evaluator, evaluate, bare = session.evaluator, [], []
     for _ in range(repeats):
-        levels = rng.integers(0, session.space.n_levels)
-        start = time.perf_counter()
-        evaluator.fitness(levels)
-        evaluate += time.perf_counter() - start
-        bare += forward()  # the model is still composed at `levels`
-    evaluator.compose(np.zeros(session.space.n_units, dtype=int))
-    dense = sum(forward() for _ in range(repeats))
-    return evaluate / repeats, bare / repeats, dense / repeats
+        evaluator._memo.clear()  # noqa: SLF001 - a fresh evaluation each time
+        evaluator._anchor = None  # noqa: SLF001
+        evaluate.append(timed(evaluator.fitness, levels)[1])
+        bare.append(bare_forward(session))  # the model is still composed at `levels`
+    return float(np.median(evaluate)), float(np.median(bare))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", default=str(default_cache_dir()), help="where the default model is cached")
-    parser.add_argument("--markdown", help="write the table to this file")
-    args = parser.parse_args()
+def run(args) -> Report:
     from allocsearch.default_model import default_model_dir
 
     model_dir = str(default_model_dir(args.cache))
-    training = json.loads((Path(model_dir) / "training.json").read_text())
-    rows = [f"Default model: {training['recipe']['n_layer']} blocks x {training['recipe']['n_embd']} wide, "
-            f"trained in {training['train_seconds']} s; held-out perplexity {training['heldout_perplexity']} "
-            f"vs unigram {training['unigram_perplexity']}.", ""]
+    rows, data = [], {"builds": [], "evaluation": []}
     with tempfile.TemporaryDirectory() as tmp:
-        rows += ["| granularity | criterion | build (s) | cache bytes / prunable weight | evaluation / candidate (ms) "
-                 "| bare forward, same candidate (ms) | overhead | bare dense forward (ms) |",
-                 "|---|---|---|---|---|---|---|---|"]
         sessions = {}
-        for granularity in ("structured", "unstructured"):
-            session, seconds = build(granularity, model_dir, Path(tmp))
-            sessions[granularity] = session
-            weights = sum(session.costs.tables["params"][u, 0] for u in range(session.space.n_units))
-            evaluate, bare, dense = evaluation_timing(session)
-            rows.append(f"| {granularity} | {session.supernet.criterion} | {seconds:.2f} | "
-                        f"{session.supernet.disk_bytes() / weights:.2f} | {evaluate * 1e3:.1f} | {bare * 1e3:.1f} | "
-                        f"{evaluate / bare:.2f}x | {dense * 1e3:.1f} |")
-        session = sessions["structured"]
-        start = time.perf_counter()
-        table = session.error_table()
-        rows += ["", f"Error table, structured: {int(np.isfinite(table[:, 1:]).sum())} single-unit evaluations in "
-                     f"{time.perf_counter() - start:.1f} s."]
-        rows += ["", f"Uniform, structured (lsq), dense held-out perplexity {session.evaluator.dense_heldout:.3f}:", "",
-                 "| FLOPs budget | FLOPs ratio | params ratio | fitness (KL) | held-out ppl |", "|---|---|---|---|---|"]
+        for label, options in (("structured, lsq, float32", {}), ("structured, lsq, bfloat16", {"dtype": "bfloat16"}),
+                               ("unstructured, wanda, float32", {"granularity": "unstructured"})):
+            session, seconds = build(Path(tmp), model_dir, **options)
+            sessions[label] = session
+            weights = float(session.costs.tables["params"][:, 0].sum())
+            per_weight = session.supernet.disk_bytes() / weights
+            rows.append([label, f"{seconds:.2f}", f"{per_weight:.2f}"])
+            data["builds"].append({"case": label, "seconds": seconds, "bytes_per_weight": per_weight})
+        text = table(["cache", "build (s)", "bytes on disk / prunable weight"], rows)
+        session = sessions["structured, lsq, float32"]
+        rng = np.random.default_rng(0)
+        early = rng.integers(1, session.space.n_levels)  # every unit pruned: every block runs
+        late = np.zeros(session.space.n_units, dtype=int)
+        late[-2:] = early[-2:]  # the last block only
+        rows = []
+        for label, levels in (("pruned from the first block", early), ("pruned in the last block only", late)):
+            evaluate, bare = overhead(session, levels)
+            rows.append([label, f"{evaluate * 1e3:.1f}", f"{bare * 1e3:.1f}", f"{evaluate / bare:.2f}x"])
+            data["evaluation"].append({"candidate": label, "evaluation_seconds": evaluate, "bare_forward_seconds": bare})
+        text += "\n\nEvaluation of one candidate over the calibration tokens, against a bare whole-model forward of " \
+                "the same candidate (medians of 5):\n\n" + table(
+                    ["candidate", "evaluation (ms)", "bare forward (ms)", "evaluation / bare forward"], rows)
+        rows = []
         for budget in (0.3, 0.5, 0.7):
-            result = search(f"flops={budget}", method="uniform", seed=0, session=session, progress=False)
-            rows.append(f"| {budget} | {result.cost['flops_ratio']:.3f} | {result.cost['params_ratio']:.3f} | "
-                        f"{result.fitness:.4f} | {result.heldout:.3f} |")
-    publish("\n".join(rows), args.markdown, "core", "Core pipeline", "2-core CPU, 1 torch thread per evaluation.")
-
-
-if __name__ == "__main__":
-    main()
+            r = search(f"flops={budget}", method="uniform", seed=0, session=session, progress=False)
+            rows.append([budget, f"{r.cost['flops_ratio']:.3f}", f"{r.cost['params_ratio']:.3f}", f"{r.fitness:.4f}",
+                         f"{r.heldout_fitness:.4f}", f"{r.heldout:.3f}"])
+            data.setdefault("uniform", []).append({"budget": budget, "fitness": r.fitness,
+                                                   "heldout_fitness": r.heldout_fitness, "heldout": r.heldout})
+        text += f"\n\nUniform, structured (lsq); dense held-out perplexity {session.evaluator.dense_heldout:.3f}:\n\n" + \
+            table(["FLOPs budget", "FLOPs ratio", "params ratio", "calib KL", "held-out KL", "held-out ppl"], rows)
+    return Report("core", "Core pipeline on the default model", "builds in a fresh cache; torch threads as defaulted "
+                  f"({session.config.threads}).", text, data)

@@ -1,25 +1,28 @@
-"""Evolution on the embedded default model: quality against uniform and dp, and sample efficiency.
-
-Usage: python benchmarks/evolution.py [--generations N] [--markdown BENCHMARKS.md]
+"""Evolution on the embedded default model: quality against uniform and dp, sample efficiency, and a profile.
 
 1. uniform, dp and evolution (started from dp) at flops=0.5 (structured, lsq) and params=0.3
-   (unstructured, wanda): fitness, held-out perplexity, evaluations and wall time, seed 0.
+   (unstructured, wanda): fitness, held-out scores, evaluations and wall time, seed 0.
 2. Sample efficiency, structured flops=0.5: evolution started from uniform runs its generations; the
    run started from dp is then read for the first evaluation at which its best full-fidelity fitness
    is at least as good as the uniform start's final one. Evaluations count every candidate scored,
    at any fidelity; "full-equivalents" weighs each by its share of the calibration tokens.
+3. A profile (cProfile) of one generation, structured flops=0.5: where its time goes.
 """
 
 from __future__ import annotations
 
-import argparse
+import cProfile
+import pstats
 
 import numpy as np
-from _markdown import publish
 
 from allocsearch import RunConfig, Session, search
 
+from ._common import Report, table, timed
+
 CASES = (("structured", "flops=0.5"), ("unstructured", "params=0.3"))
+PROFILED = ("fitness", "_score_batch", "_start_state", "block_input", "embed", "run", "final", "_lm_scores",
+            "apply", "reference", "forward", "linear", "scaled_dot_product_attention", "log_softmax")
 
 
 def running_best(history: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -29,31 +32,48 @@ def running_best(history: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.minimum.accumulate(fitness), np.arange(1, len(history) + 1), np.cumsum(fidelity)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--generations", type=int, default=50)
-    parser.add_argument("--markdown", help="write the tables to this file")
-    args = parser.parse_args()
+def profile_generation(session: Session) -> tuple[float, list[list]]:
+    """Seconds of one generation (64 offspring, selection 1/16 -> 1/4 -> 1), its start measured
+    beforehand, and the functions taking most of it."""
+    search("flops=0.5", method="evolution", seed=0, session=session, progress=False,
+           method_options={"generations": 1})  # warm: the start allocation and caches
+    profiler = cProfile.Profile()
+    _, seconds = timed(profiler.runcall, search, "flops=0.5", method="evolution", seed=1, session=session,
+                       progress=False, method_options={"generations": 1})
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (path, line, name), (_, calls, own, cumulative, _) in stats.stats.items():
+        if name in PROFILED or name.startswith("<built-in method torch"):
+            rows.append([f"{name} ({path.rsplit('/', 1)[-1]}:{line})", calls, own, cumulative])
+    rows.sort(key=lambda r: -r[3])
+    return seconds, [[n, c, f"{o:.2f}", f"{cu:.2f}", f"{cu / seconds:.0%}"] for n, c, o, cu in rows[:14]]
+
+
+def run(args) -> Report:
     options = {"generations": args.generations}
-    parts, histories = [], {}
+    parts, histories, data = [], {}, {}
     for granularity, budget in CASES:
-        session = Session(RunConfig(granularity=granularity), progress=False)
+        session = Session(RunConfig(granularity=granularity, cache_dir=args.cache), progress=False)
         session.error_table()  # measured once and cached; not part of any method's time
-        rows = [f"### {granularity}, {budget}", "",
-                "| method | KL to dense | held-out ppl | evaluations | wall time (s) |", "|---|---|---|---|---|",
-                f"| dense | 0 | {session.evaluator.dense_heldout:.3f} | | |"]
+        rows = [["dense", 0, 0, f"{session.evaluator.dense_heldout:.3f}", "", ""]]
         for method in ("uniform", "dp", "evolution"):
             r = search(budget, method=method, seed=0, session=session, progress=False,
                        method_options=options if method == "evolution" else None)
-            rows.append(f"| {method}{' (from dp)' if method == 'evolution' else ''} | {r.fitness:.4f} | "
-                        f"{r.heldout:.3f} | {r.evaluations} | {r.seconds:.1f} |")
+            rows.append([f"{method}{' (from dp)' if method == 'evolution' else ''}", f"{r.fitness:.4f}",
+                         f"{r.heldout_fitness:.4f}", f"{r.heldout:.3f}", r.evaluations, f"{r.seconds:.1f}"])
+            data[f"{granularity}/{method}"] = {"fitness": r.fitness, "heldout_fitness": r.heldout_fitness,
+                                               "heldout": r.heldout, "evaluations": r.evaluations, "seconds": r.seconds}
             if method == "evolution":
                 histories[(granularity, "dp")] = r.history
-        parts.append("\n".join(rows))
+        parts.append(f"### {granularity}, {budget}\n\n" + table(
+            ["method", "calib KL", "held-out KL", "held-out ppl", "evaluations", "wall time (s)"], rows))
         if granularity == "structured":
             r = search(budget, method="evolution", seed=0, session=session, progress=False,
                        method_options={**options, "init": "uniform"})
             histories[(granularity, "uniform")] = r.history
+            seconds, profile = profile_generation(session)
+            data["generation_seconds"] = seconds
+            data["profile"] = profile
     from_uniform, n_uniform, eq_uniform = running_best(histories[("structured", "uniform")])
     from_dp, n_dp, eq_dp = running_best(histories[("structured", "dp")])
     target = from_uniform[-1]
@@ -61,17 +81,19 @@ def main() -> None:
     if reached is None:
         efficiency = "the dp start never reached the uniform start's final fitness"
     else:
-        efficiency = (f"| | uniform start | dp start |\n|---|---|---|\n"
-                      f"| final best fitness | {target:.5f} | {from_dp[-1]:.5f} |\n"
-                      f"| evaluations to reach {target:.5f} | {n_uniform[-1]} (all) | {n_dp[reached]} |\n"
-                      f"| full-equivalents to reach it | {eq_uniform[-1]:.0f} | {eq_dp[reached]:.0f} |\n"
-                      f"| ratio (dp / uniform), evaluations | | {n_dp[reached] / n_uniform[-1]:.4f} |")
+        efficiency = table(["", "uniform start", "dp start"], [
+            ["final best fitness", f"{target:.5f}", f"{from_dp[-1]:.5f}"],
+            [f"evaluations to reach {target:.5f}", f"{n_uniform[-1]} (all)", n_dp[reached]],
+            ["full-equivalents to reach it", f"{eq_uniform[-1]:.0f}", f"{eq_dp[reached]:.0f}"],
+            ["ratio (dp / uniform), evaluations", "", f"{n_dp[reached] / n_uniform[-1]:.4f}"]])
+        data["efficiency_ratio"] = float(n_dp[reached] / n_uniform[-1])
     parts.append(f"### Sample efficiency, structured flops=0.5, {args.generations} generations per run\n\n"
                  + efficiency)
-    publish("\n\n".join(parts), args.markdown, "evolution", "Evolution on the default model",
-            f"seed 0, {args.generations} generations x 64 offspring, selection 1/16 -> 1/4 -> 1 of the "
-            "calibration tokens keeping 8 -> 2 -> 1; the error table is cached beforehand.")
-
-
-if __name__ == "__main__":
-    main()
+    parts.append(f"### One generation, profiled (structured flops=0.5): {data['generation_seconds']:.2f} s\n\n"
+                 "The search of one generation from a measured start: 64 offspring on 1/16 of the batches, 8 on "
+                 "1/4, 2 on all of them.\n\n" + table(["function", "calls", "own (s)", "cumulative (s)", "share"],
+                                                     data["profile"]))
+    return Report("evolution", "Evolution on the default model",
+                  f"seed 0, {args.generations} generations x 64 offspring, selection 1/16 -> 1/4 -> 1 of the "
+                  "calibration batches keeping 8 -> 2 -> 1; the error table is cached beforehand.",
+                  "\n\n".join(parts), data)

@@ -1,89 +1,67 @@
-"""Candidate evaluations per second on 1 and 2 Ray workers, Ray's start-up cost, and worker memory.
+"""Candidate evaluations per second: threads in one process against Ray workers, and worker memory.
 
-Usage: python benchmarks/parallel.py [--candidates 48] [--markdown BENCHMARKS.md]
-Default model, structured (lsq), full fidelity, 1 torch thread per evaluator. The same candidates
-go through the in-process runner, one Ray worker and two; start-up (Ray itself, then the actors
-loading the model and opening the cache) is timed apart. Memory is read from /proc of the two
-workers: their resident and proportional set sizes, and those of the supernet cache's mapped
-files, which the workers share.
+Default model, structured (lsq), full fidelity, the same random candidates throughout. Ray starts
+locally (include_dashboard=False, one logical CPU more than the workers hold); start-up (Ray itself,
+then the actors loading the model and opening the caches) is timed apart. Results are identical for
+any number of workers at one thread count (and differ in the last digits between thread counts).
+Memory is read from /proc of the workers.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import numpy as np
-from _markdown import publish
 
 from allocsearch import InProcessRunner, RunConfig, Session
-from allocsearch.ray_runner import RayRunner
+from allocsearch.pipeline import available_cores
+
+from ._common import Report, table, timed
 
 
-def timed(runner, candidates) -> tuple[float, list[float]]:
-    start = time.perf_counter()
-    values = runner.evaluate(candidates)
-    return time.perf_counter() - start, values
-
-
-def memory(pid: int, cache_dir: Path) -> dict[str, float]:
-    """MB: the process's Rss/Pss, and the Rss/Pss of its mappings of files under the cache."""
-    sizes = {"rss": 0.0, "pss": 0.0, "cache_rss": 0.0, "cache_pss": 0.0}
-    in_cache = False
-    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+def memory(pid: int) -> dict[str, float]:
+    """MB: the process's Rss and Pss."""
+    sizes = {"rss": 0.0, "pss": 0.0}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         fields = line.split()
-        if not fields[0].endswith(":"):  # a mapping's header: address range ... path
-            in_cache = len(fields) >= 6 and fields[5].startswith(str(cache_dir))
-        elif fields[0] in ("Rss:", "Pss:"):
-            key = fields[0][:-1].lower()
-            kb = float(fields[1]) / 1024
-            sizes[key] += kb
-            if in_cache:
-                sizes[f"cache_{key}"] += kb
+        if fields[0] in ("Rss:", "Pss:"):
+            sizes[fields[0][:-1].lower()] = float(fields[1]) / 1024
     return sizes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidates", type=int, default=48)
-    parser.add_argument("--markdown", help="write the table to this file")
-    args = parser.parse_args()
-    session = Session(RunConfig(threads=1), progress=False)
-    rng = np.random.default_rng(0)
-    candidates = [rng.integers(0, session.space.n_levels) for _ in range(args.candidates)]
-    in_process, reference = timed(InProcessRunner(session.evaluator), candidates)
-    rows = ["| runner | Ray start (s) | workers ready (s) | evaluations / s | speed-up over in-process |",
-            "|---|---|---|---|---|", f"| in-process, 1 thread | | | {args.candidates / in_process:.2f} | 1.00 |"]
-    mem_rows = []
-    for workers in (1, 2):
-        runner = RayRunner(session, workers=workers)
-        seconds, values = timed(runner, candidates)
-        assert values == reference, "Ray workers must give the in-process fitnesses exactly"
-        rows.append(f"| Ray, {workers} worker{'s' * (workers > 1)} x 1 thread | {runner.ray_seconds:.1f} | "
-                    f"{runner.worker_seconds:.1f} | {args.candidates / seconds:.2f} | {in_process / seconds:.2f} |")
-        if workers == 2:
-            cache = session.supernet.path
-            disk = sum(f.stat().st_size for f in cache.iterdir()) / 2**20
-            mem_rows = ["| worker | RSS (MB) | PSS (MB) | cache mapped, RSS (MB) | cache mapped, PSS (MB) |",
-                        "|---|---|---|---|---|"]
-            for pid in runner.pids:
-                m = memory(pid, cache)
-                mem_rows.append(f"| pid {pid} | {m['rss']:.0f} | {m['pss']:.0f} | {m['cache_rss']:.1f} | "
-                                f"{m['cache_pss']:.1f} |")
-            mem_rows.append(f"\nThe supernet cache is {disk:.1f} MB on disk; each worker maps it (memory-mapped "
-                            "safetensors), and the PSS of those pages is their RSS divided among the processes "
-                            "mapping them: one copy in memory, not one per worker.")
-        runner.close()
-    text = "\n".join(rows) + "\n\nResults were identical to the in-process runner's.\n\n" + "\n".join(mem_rows)
-    publish(text, args.markdown, "parallel", "Parallel evaluation on Ray (2-core machine)",
-            f"{args.candidates} random candidates, full fidelity; Ray starts locally (include_dashboard=False, one "
-            "logical CPU more than the workers hold, so the 2-worker row restarts it), then each runner's workers "
-            "load the model, open the cache and score the dense reference.")
-
-
-if __name__ == "__main__":
+def run(args) -> Report:
     import ray
 
-    main()
+    from allocsearch.ray_runner import RayRunner
+
+    cores = available_cores()
+    rng = np.random.default_rng(0)
+    rows, data, mem_rows, reference = [], {"runs": []}, [], {}
+    baseline = None
+    settings = [("in-process", 1, 1), ("in-process", 1, cores), ("Ray", 1, 1), ("Ray", 2, 1), ("Ray", cores, 1),
+                ("Ray", 2, cores)]
+    for kind, workers, threads in dict.fromkeys(settings):
+        session = Session(RunConfig(threads=threads, cache_dir=args.cache), progress=False)
+        if not reference:
+            candidates = [rng.integers(1, session.space.n_levels) for _ in range(args.candidates)]
+        runner = InProcessRunner(session.evaluator) if kind == "in-process" else RayRunner(session, workers=workers)
+        values, seconds = timed(runner.evaluate, candidates)
+        if threads in reference:
+            assert values == reference[threads], "the same thread count must give the same fitnesses"
+        reference.setdefault(threads, values)
+        rate = args.candidates / seconds
+        baseline = baseline or rate
+        start = "" if kind == "in-process" else f"{runner.ray_seconds:.1f} / {runner.worker_seconds:.1f}"
+        rows.append([kind, workers, threads, start, f"{rate:.2f}", f"{rate / baseline:.2f}"])
+        data["runs"].append({"runner": kind, "workers": workers, "threads": threads, "rate": rate})
+        if kind == "Ray" and workers == 2 and threads == 1:
+            for pid in runner.pids:
+                m = memory(pid)
+                mem_rows.append([pid, f"{m['rss']:.0f}", f"{m['pss']:.0f}"])
+        runner.close()
     ray.shutdown()
+    text = table(["runner", "workers", "threads each", "Ray start / workers ready (s)", "evaluations / s",
+                  "against in-process, 1 thread"], rows)
+    text += "\n\nMemory of the two 1-thread workers:\n\n" + table(["worker pid", "RSS (MB)", "PSS (MB)"], mem_rows)
+    return Report("parallel", f"Parallel evaluation: threads and Ray workers ({cores}-core machine)",
+                  f"{args.candidates} random candidates, full fidelity, default model.", text, data)

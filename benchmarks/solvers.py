@@ -1,19 +1,18 @@
 """DP frontier speed at 224 units x 41 levels x 10,000 buckets, and Planner query latency.
 
-Usage: python benchmarks/solvers.py [--markdown BENCHMARKS.md]
 Synthetic tables (sorted random errors and costs) of the stated size; timings are the median of
 repeated runs in this process.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
-from _markdown import publish
 
 from allocsearch import CostModel, Planner, SearchSpace, Unit, dp_allocate, dp_frontier
+
+from ._common import Report
 
 UNITS, LEVELS, BUCKETS = 224, 41, 10_000
 
@@ -35,10 +34,7 @@ def median_seconds(fn, repeats: int) -> float:
     return float(np.median(times))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--markdown", help="write the table to this file")
-    args = parser.parse_args()
+def run(args) -> Report:
     errors, costs = tables()
     budget = 0.5 * costs[:, 0].sum()
     frontier_s = median_seconds(lambda: dp_frontier(errors, costs, resolution=BUCKETS), 5)
@@ -75,9 +71,8 @@ def main() -> None:
         f"{np.percentile(lat, 99):.0f} us | target < 1 ms: {np.median(lat) / 1000:.2f} of it |",
         f"| Planner.query(flops=..., memory=...) | median {two_kinds * 1e6:.0f} us | |",
     ]
-    publish("| what | figure | against the goal |\n|---|---|---|\n" + "\n".join(rows), args.markdown, "solvers",
-            "Solvers and budget queries", "synthetic tables, medians in one process.")
-
-
-if __name__ == "__main__":
-    main()
+    data = {"frontier_seconds": frontier_s, "allocate_seconds": allocate_s, "backtracking_bytes": choice_bytes,
+            "planner_build_seconds": build_s, "query_median_us": float(np.median(lat)),
+            "query_p99_us": float(np.percentile(lat, 99)), "query_two_limits_us": two_kinds * 1e6}
+    return Report("solvers", "Solvers and budget queries", "synthetic tables, medians in one process.",
+                  "| what | figure | against the goal |\n|---|---|---|\n" + "\n".join(rows), data)

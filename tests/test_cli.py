@@ -20,9 +20,9 @@ def tiny_args(model_dirs, cache_dir, family="gpt2"):
 
 
 def test_search_prints_the_table_and_writes_result_and_model(model_dirs, cache_dir, tmp_path, capsys):
-    out, export = tmp_path / "result.json", tmp_path / "pruned"
+    out, export, plot = tmp_path / "result.json", tmp_path / "pruned", tmp_path / "allocation.png"
     code = main(["-q", "search", "--budget", "flops=0.5", "--seed", "3", "--out", str(out), "--export", str(export),
-                 *tiny_args(model_dirs, cache_dir)])
+                 "--plot", str(plot), *tiny_args(model_dirs, cache_dir)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "calib KL" in printed and "held-out KL" in printed and "held-out ppl" in printed and "FLOPs ratio" in printed
@@ -33,6 +33,10 @@ def test_search_prints_the_table_and_writes_result_and_model(model_dirs, cache_d
     assert result["cost"]["flops_ratio"] <= 0.5 and result["seed"] == 3 and result["method"] == "dp"
     assert f"{result['cost']['flops_ratio']:.3f}" in printed
     assert load_pruned(export) is not None
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(result["stages"]) == {"build", "reference", "table", "search", "heldout", "export"}
+    assert all(s["seconds"] >= 0 and s["peak_mb"] > 0 for s in result["stages"].values())
+    assert result["config"]["threads"] >= 1 and result["heldout_fitness"] > 0
 
 
 def test_several_budgets_at_once(model_dirs, cache_dir, tmp_path):

@@ -109,7 +109,8 @@ def test_children_of_the_best_candidate_start_where_they_differ(model_dirs, cach
     session = Session(tiny_config(model_dirs["gpt2"], cache_dir), progress=False)
     evaluator = session.evaluator
     parent = np.array([2, 5, 1, 3])
-    evaluator.fitness(parent)
+    evaluator.fitness(parent, fidelity=0.5)  # its first batch scored, and remembered
+    evaluator.fitness(parent)  # the best at full fidelity: its first batch runs again for its block inputs
     calls = block_calls(session)
     evaluator.fitness(np.array([2, 5, 1, 4]), fidelity=0.5)  # differs in block 1 only
     assert calls[0] == 1  # one batch, one block: the parent's input of block 1 was kept
@@ -118,6 +119,7 @@ def test_children_of_the_best_candidate_start_where_they_differ(model_dirs, cach
 def test_raising_the_fidelity_scores_only_the_new_batches(model_dirs, cache_dir):
     session = Session(tiny_config(model_dirs["gpt2"], cache_dir), progress=False)
     evaluator = session.evaluator
+    evaluator.fitness(np.array([0, 1, 0, 1]))  # a better candidate, kept as the best
     levels = np.array([1, 3, 2, 7])
     low = evaluator.fitness(levels, fidelity=0.5)
     calls = block_calls(session)
@@ -188,3 +190,15 @@ def test_the_dense_pass_is_computed_once_and_read_back(model_dirs, tmp_path):
     assert second.calib_pass.path == first.calib_pass.path
     assert second.evaluator.fitness(levels) == value
     assert second.calib_pass.has_states() and not second.heldout_pass.has_states()
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate"])
+def test_a_damaged_dense_pass_is_computed_again(damage, model_dirs, tmp_path):
+    session = Session(tiny_config(model_dirs["llama"], tmp_path), progress=False)
+    value = session.evaluator.fitness(np.array([0, 0, 1, 7]))
+    block = session.calib_pass.path / "block-0001"
+    data = block.read_bytes()
+    block.write_bytes(data[:-8] if damage == "truncate" else data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    again = Session(tiny_config(model_dirs["llama"], tmp_path), progress=False)
+    assert again.evaluator.fitness(np.array([0, 0, 1, 7])) == value
+    assert block.read_bytes() == data

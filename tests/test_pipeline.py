@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
 import pytest
 
-from allocsearch import Budget, BudgetError, ConfigError, RunConfig, search
+from allocsearch import Budget, BudgetError, ConfigError, RunConfig, Session, search
 
 from .conftest import tiny_config
 
@@ -54,3 +57,25 @@ def test_bad_run_options_name_the_fix():
         RunConfig(dtype="int8")
     with pytest.raises(ConfigError, match="seq_len=0 must be a positive integer"):
         RunConfig(seq_len=0)
+
+
+def test_the_build_learns_from_many_tokens_per_refit_input(model_dirs, cache_dir, caplog):
+    """By default 16 tokens per input of the widest output projection (64 MLP channels: 64 windows of 16)."""
+    session = Session(tiny_config(model_dirs["gpt2"], cache_dir), progress=False)
+    assert session.build_tokens.shape == (64, 16) and len(session.calib_tokens) == 8
+    assert session.supernet.manifest["tokens"] == 64 * 16
+    few = Session(tiny_config(model_dirs["gpt2"], cache_dir, build_sequences=4), progress=False)
+    with caplog.at_level(logging.WARNING):
+        assert few.build_tokens.shape == (4, 16)
+    assert "fewer than twice the 64 inputs of the widest output projection" in caplog.text
+
+
+def test_stages_record_time_and_peak_memory():
+    from allocsearch._stages import stage
+
+    record = {}
+    with stage(record, "work"):
+        block = bytearray(64 * 2**20)  # 64 MB held for a while
+        time.sleep(0.1)
+        del block
+    assert record["work"]["seconds"] >= 0.1 and record["work"]["peak_mb"] >= 64

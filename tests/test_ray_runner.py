@@ -27,6 +27,7 @@ def session_for(model_dirs, cache_dir):
 
 def same(a, b):
     assert a.levels == b.levels and a.fitness == b.fitness and a.heldout == b.heldout
+    assert a.heldout_fitness == b.heldout_fitness
     assert [(h["levels"], h["fitness"], h["fidelity"]) for h in a.history] == \
         [(h["levels"], h["fitness"], h["fidelity"]) for h in b.history]
 
@@ -74,3 +75,14 @@ def test_a_killed_actor_is_restarted_and_the_result_unchanged(session_for):
                     method_options=EVOLUTION, runner=factory)
     assert "pid" in killed
     same(result, reference)
+
+
+def test_tables_and_dp_are_identical_on_ray_workers(model_dirs, tmp_path):
+    """Every table kind measured on two workers equals the in-process one, and so do dp's answers."""
+    for kind in ("exact", "proxy"):
+        local = Session(tiny_config(model_dirs["qwen2"], tmp_path / "local", table=kind), progress=False)
+        remote = Session(tiny_config(model_dirs["qwen2"], tmp_path / "ray", table=kind), progress=False)
+        one = search("flops=0.5", method="dp", session=local, seed=0, progress=False)
+        two = search("flops=0.5", method="dp", session=remote, seed=0, progress=False, workers=2)
+        assert (local.error_table() == remote.error_table()).all()
+        same(one, two)

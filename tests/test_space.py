@@ -80,6 +80,20 @@ def test_user_space_file(tmp_path):
         SearchSpace.from_model(model, space=str(tmp_path / "missing.yaml"))
 
 
+def test_the_final_modules_are_required_and_checked(tmp_path):
+    model = tiny_model("gpt2")
+    spec = yaml.safe_load(_family_file("gpt2").read_text())
+    path = tmp_path / "mine.yaml"
+    spec["final"] = ["transformer.ln_end"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpaceError, match="final module 'transformer.ln_end' does not exist in this model"):
+        SearchSpace.from_model(model, space=str(path))
+    del spec["final"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SpaceError, match=r"missing key 'final'.*modules applied after the last block"):
+        SearchSpace.from_model(model, space=str(path))
+
+
 def _family_file(name):
     from importlib import resources
 

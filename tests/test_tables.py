@@ -63,17 +63,35 @@ def test_build_local_errors_are_the_output_projections_relative_error(criterion,
     assert (np.diff(local[u, : unit.n_levels]) >= -1e-12).all() and local[u, 0] == 0
 
 
-def test_proxy_table_matches_its_measured_cells_and_the_local_errors_shape(sessions):
+def test_proxy_table_passes_through_its_measured_cells_on_a_power_law(sessions):
     session = sessions("llama", table="proxy", table_fidelity=0.5)
     table, local = session.error_table(), session.supernet.local_errors()
     for u, unit in enumerate(session.space.units):
-        k = 1 + int(np.argmin(np.abs(unit.fractions[1:] - 0.5)))
-        levels = np.zeros(4, dtype=int)
-        levels[u] = k
-        assert table[u, k] == pytest.approx(session.evaluator.fitness(levels, 0.5), rel=1e-9)
-        ratio = table[u, 1 : unit.n_levels] / local[u, 1 : unit.n_levels]
-        assert np.allclose(ratio, ratio[0])  # one scale per unit
+        measured = sorted({1 + int(np.argmin(np.abs(unit.fractions[1:] - f))) for f in (0.25, 0.75)})
+        for k in measured:
+            levels = np.zeros(4, dtype=int)
+            levels[u] = k
+            assert table[u, k] == pytest.approx(session.evaluator.fitness(levels, 0.5), rel=1e-9)
+        exponent = np.polyfit(np.log(local[u, 1 : unit.n_levels]), np.log(table[u, 1 : unit.n_levels]), 1)[0]
+        slopes = np.diff(np.log(table[u, 1 : unit.n_levels])) / np.diff(np.log(local[u, 1 : unit.n_levels]))
+        assert np.allclose(slopes, exponent) and 0.5 <= exponent <= 2  # one power law per unit
     assert np.isinf(table[0, 3:]).all()
+
+
+def test_unstructured_local_errors_are_each_layers_relative_error(model_dirs, tmp_path):
+    session = Session(tiny_config(model_dirs["llama"], tmp_path, granularity="unstructured"), progress=False)
+    local = session.supernet.local_errors()
+    u, level = 5, 9  # block 0's up projection
+    layer = get_module(session.model, session.space.units[u].module)
+    inputs = []
+    handle = layer.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for batch in session.build_tokens.split(session.config.batch_size):
+            session.model(input_ids=batch, use_cache=False)
+    handle.remove()
+    x, w = torch.cat(inputs).double(), linear_weight(layer).double()
+    removed = w * (session.supernet.removal(u) <= level)
+    assert local[u, level] == pytest.approx(float(((x @ removed.T) ** 2).sum() / ((x @ w.T) ** 2).sum()), rel=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["exact", "fast", "proxy"])
