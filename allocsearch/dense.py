@@ -96,7 +96,8 @@ class DensePass:
         return self.manifest.get("dense_score")
 
     def has_states(self) -> bool:
-        return "block-0001" in self.arrays or self.manifest["blocks"] == 1
+        """Whether this pass kept every block's input (calibration passes do, held-out ones do not)."""
+        return self.manifest["states"]
 
     def _read(self, name: str, batch: int) -> torch.Tensor:
         info = self.arrays[name]
@@ -205,7 +206,7 @@ def _run(tmp: Path, blockwise: Blockwise, tokens: torch.Tensor, *, batch_size: i
                     reference_names = ["hidden"]
     finally:
         files = writer.close()
-    manifest = {"sequences": len(tokens), "batch_size": batch_size, "blocks": blockwise.n_blocks,
+    manifest = {"sequences": len(tokens), "batch_size": batch_size, "blocks": blockwise.n_blocks, "states": states,
                 "reference": reference_names, "files": files}
     if heldout:  # perplexity; an encoder's embeddings have cosine 1 to themselves
         manifest["dense_score"] = math.exp(nll / count) if lm else 1.0

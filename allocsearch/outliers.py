@@ -13,6 +13,7 @@ from torch import nn
 
 from ._modules import get_module, linear_weight
 from ._torch import torch_threads
+from .blockwise import Blockwise
 from .space import SearchSpace
 
 
@@ -22,7 +23,6 @@ def outlier_ratios(model: nn.Module, space: SearchSpace, tokens: torch.Tensor, *
 
     The model must be dense (a `Composer` at level 0 everywhere).
     """
-    device = next(model.parameters()).device
     paths = sorted({p for unit in space.units for p in unit.modules})
     squares: dict[str, torch.Tensor] = {}
 
@@ -33,10 +33,12 @@ def outlier_ratios(model: nn.Module, space: SearchSpace, tokens: torch.Tensor, *
         return accumulate
 
     handles = [get_module(model, p).register_forward_pre_hook(hook(p)) for p in paths]
+    blockwise = Blockwise(model, space)
     try:
         with torch.no_grad(), torch_threads(threads):
-            for batch in tokens.split(batch_size):
-                model(input_ids=batch.to(device), **({"use_cache": False} if space.task == "causal_lm" else {}))
+            for batch in tokens.split(batch_size):  # the blocks only: no head, no vocabulary-sized logits
+                inputs = blockwise.embed(batch)
+                blockwise.run(inputs.hidden, inputs, 0)
     finally:
         for h in handles:
             h.remove()

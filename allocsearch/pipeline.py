@@ -423,6 +423,7 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
     identity = fingerprint(method=method, options=method_options, seed=seed, limits=limits,
                            config=asdict(session.config), space=session.space.id,
                            init=None if init_levels is None else init_levels.tolist())
+    session.stages = {}  # what this search spends; what an earlier one built is reused, not counted again
     _ = session.supernet, session.evaluator  # the build, then the dense passes: each its own stage
     outcome = run_search(session, searcher_class, limits=limits, seed=seed, options=method_options,
                          runner_factory=factory, init=init_levels,

@@ -1,6 +1,7 @@
 """allocsearch's benchmarks: `python -m benchmarks [all | PART ...] [--markdown BENCHMARKS.md]`.
 
 Each part prints its tables, writes `benchmarks/results/PART.json` (and its plots, PNG, beside it)
-and, with `--markdown`, its section of BENCHMARKS.md. Parts: core, tables, mainjob, quality,
-solvers, evolution, study, parallel. `--quick` leaves out the pretrained 135M model.
+and, with `--markdown`, its section of BENCHMARKS.md. Parts: mainjob, tables, build, core,
+quality, evolution, study, solvers, parallel, and goals (the issue's goals against the figures the
+others wrote). `--quick` leaves out the pretrained 135M model.
 """

@@ -8,10 +8,11 @@ import os
 
 from allocsearch.pipeline import default_cache_dir
 
-from . import core, evolution, mainjob, parallel, quality, solvers, study, tables
+from . import build, core, evolution, goals, mainjob, parallel, quality, solvers, study, tables
 
-PARTS = {"core": core, "tables": tables, "mainjob": mainjob, "quality": quality, "solvers": solvers,
-         "evolution": evolution, "study": study, "parallel": parallel}
+PARTS = {"mainjob": mainjob, "tables": tables, "build": build, "core": core, "quality": quality,
+         "evolution": evolution, "study": study, "solvers": solvers, "parallel": parallel,
+         "goals": goals}  # goals last: it reads what the others wrote
 
 
 def main() -> None:

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import cProfile
 import pstats
+import time
 
 import numpy as np
 
 from allocsearch import RunConfig, Session, search
 
-from ._common import Report, table, timed
+from ._common import Report, table
 
 CASES = (("structured", "flops=0.5"), ("unstructured", "params=0.3"))
-PROFILED = ("fitness", "_score_batch", "_start_state", "block_input", "embed", "run", "final", "_lm_scores",
-            "apply", "reference", "forward", "linear", "scaled_dot_product_attention", "log_softmax")
 
 
 def running_best(history: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,21 +31,44 @@ def running_best(history: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return np.minimum.accumulate(fitness), np.arange(1, len(history) + 1), np.cumsum(fidelity)
 
 
-def profile_generation(session: Session) -> tuple[float, list[list]]:
-    """Seconds of one generation (64 offspring, selection 1/16 -> 1/4 -> 1), its start measured
-    beforehand, and the functions taking most of it."""
+class _ProfiledRunner:
+    """Runs every evaluation after the first (the start allocation) under a profiler."""
+
+    def __init__(self, runner, profiler: cProfile.Profile) -> None:
+        self.runner, self.profiler, self.calls, self.seconds, self.evaluations = runner, profiler, 0, 0.0, 0
+
+    def evaluate(self, allocations, fidelity: float = 1.0):
+        self.calls += 1
+        if self.calls == 1:
+            return self.runner.evaluate(allocations, fidelity)
+        start = time.perf_counter()
+        values = self.profiler.runcall(self.runner.evaluate, allocations, fidelity)
+        self.seconds += time.perf_counter() - start
+        self.evaluations += len(allocations)
+        return values
+
+    def close(self) -> None:
+        pass
+
+
+def profile_generation(session: Session) -> tuple[float, int, list[list]]:
+    """One generation's evaluations (64 offspring on 1/16 of the batches, 8 on 1/4, 2 on all) under cProfile,
+    after the start allocation: seconds, evaluations, and the functions taking most of the time."""
+    from allocsearch import InProcessRunner
+
     search("flops=0.5", method="evolution", seed=0, session=session, progress=False,
-           method_options={"generations": 1})  # warm: the start allocation and caches
+           method_options={"generations": 1})  # warm: caches built, the start measured once
     profiler = cProfile.Profile()
-    _, seconds = timed(profiler.runcall, search, "flops=0.5", method="evolution", seed=1, session=session,
-                       progress=False, method_options={"generations": 1})
-    stats = pstats.Stats(profiler)
+    runner = _ProfiledRunner(InProcessRunner(session.evaluator), profiler)
+    search("flops=0.5", method="evolution", seed=1, session=session, progress=False,
+           method_options={"generations": 1}, runner=runner)
     rows = []
-    for (path, line, name), (_, calls, own, cumulative, _) in stats.stats.items():
-        if name in PROFILED or name.startswith("<built-in method torch"):
+    for (path, line, name), (_, calls, own, cumulative, _) in pstats.Stats(profiler).stats.items():
+        if cumulative >= 0.02 * runner.seconds and name != "runcall":
             rows.append([f"{name} ({path.rsplit('/', 1)[-1]}:{line})", calls, own, cumulative])
     rows.sort(key=lambda r: -r[3])
-    return seconds, [[n, c, f"{o:.2f}", f"{cu:.2f}", f"{cu / seconds:.0%}"] for n, c, o, cu in rows[:14]]
+    return runner.seconds, runner.evaluations, [[n, c, f"{o:.2f}", f"{cu:.2f}", f"{cu / runner.seconds:.0%}"]
+                                                 for n, c, o, cu in rows[:16]]
 
 
 def run(args) -> Report:
@@ -71,9 +93,11 @@ def run(args) -> Report:
             r = search(budget, method="evolution", seed=0, session=session, progress=False,
                        method_options={**options, "init": "uniform"})
             histories[(granularity, "uniform")] = r.history
-            seconds, profile = profile_generation(session)
-            data["generation_seconds"] = seconds
-            data["profile"] = profile
+            for threads in sorted({1, session.config.threads}):
+                profiled = Session(RunConfig(cache_dir=args.cache, threads=threads), progress=False)
+                seconds, evaluations, profile = profile_generation(profiled)
+                data.setdefault("generation", []).append({"threads": threads, "seconds": seconds,
+                                                          "evaluations": evaluations, "profile": profile})
     from_uniform, n_uniform, eq_uniform = running_best(histories[("structured", "uniform")])
     from_dp, n_dp, eq_dp = running_best(histories[("structured", "dp")])
     target = from_uniform[-1]
@@ -89,10 +113,12 @@ def run(args) -> Report:
         data["efficiency_ratio"] = float(n_dp[reached] / n_uniform[-1])
     parts.append(f"### Sample efficiency, structured flops=0.5, {args.generations} generations per run\n\n"
                  + efficiency)
-    parts.append(f"### One generation, profiled (structured flops=0.5): {data['generation_seconds']:.2f} s\n\n"
-                 "The search of one generation from a measured start: 64 offspring on 1/16 of the batches, 8 on "
-                 "1/4, 2 on all of them.\n\n" + table(["function", "calls", "own (s)", "cumulative (s)", "share"],
-                                                     data["profile"]))
+    for generation in data["generation"]:
+        parts.append(f"### One generation, profiled (structured flops=0.5, {generation['threads']} torch thread(s)): "
+                     f"{generation['seconds']:.2f} s for {generation['evaluations']} evaluations\n\n"
+                     "The evaluations of one generation after its measured start: 64 offspring on 1/16 of the "
+                     "calibration batches, 8 on 1/4, 2 on all of them (cProfile; functions above 2% of the time).\n\n"
+                     + table(["function", "calls", "own (s)", "cumulative (s)", "share"], generation["profile"]))
     return Report("evolution", "Evolution on the default model",
                   f"seed 0, {args.generations} generations x 64 offspring, selection 1/16 -> 1/4 -> 1 of the "
                   "calibration batches keeping 8 -> 2 -> 1; the error table is cached beforehand.",
