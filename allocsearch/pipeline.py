@@ -23,7 +23,7 @@ import torch
 from . import _io
 from ._modules import get_module, linear_shape
 from ._stages import stage
-from ._torch import weights_hash
+from ._torch import available_cores, weights_hash
 from .blockwise import Blockwise
 from .budget import Budget, within
 from .compose import Composer
@@ -50,14 +50,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def default_cache_dir() -> Path:
     """`$ALLOCSEARCH_CACHE`, else `~/.cache/allocsearch`."""
     return Path(os.environ.get("ALLOCSEARCH_CACHE") or Path.home() / ".cache" / "allocsearch")
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ a seeded search gives the same result for any number of workers.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -28,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ._torch import available_cores
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class _Worker:
@@ -80,6 +84,12 @@ def connect(workers: int, threads: int, address: str | None = None) -> float:
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            cores = available_cores()
+            if workers * threads > cores:
+                log.warning("%d workers x %d torch threads each on %d cores: they oversubscribe this machine and "
+                            "evaluate slower than fewer would; pass --threads %d (results then differ from "
+                            "--threads %d in the last digits) or fewer --workers", workers, threads, cores,
+                            max(1, cores // workers), threads)
         _local_ray_started = not address
     except ConnectionError as exc:
         raise ConfigError(f"--ray-address {address!r}: cannot join the Ray cluster ({exc}); check the address, "

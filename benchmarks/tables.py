@@ -58,9 +58,10 @@ def full_forward_seconds(session: Session, repeats: int = 2) -> float:
     return best
 
 
-def run_case(label: str, config: dict, budgets: list[str], extra: dict | None = None) -> tuple[str, dict]:
-    """Every kind of `KINDS` on `config`, then the default table on `extra` settings when given."""
-    runs = [(kind, fidelity, config) for kind, fidelity in KINDS]
+def run_case(label: str, config: dict, budgets: list[str], extra: dict | None = None,
+             table_kinds=KINDS) -> tuple[str, dict]:
+    """Every kind of `table_kinds` on `config`, then the default table on `extra` settings when given."""
+    runs = [(kind, fidelity, config) for kind, fidelity in table_kinds]
     if extra is not None:
         runs.append((RunConfig.table, RunConfig.table_fidelity, extra))
     rows, kinds, exact, exact_held, forwards = [], [], None, {}, {}
@@ -136,17 +137,19 @@ def run(args) -> Report:
 
     parts, data = [], {}
     cases = [
-        ("Default model, structured (lsq)", {"cache_dir": args.cache}, ["flops=0.3", "flops=0.5", "flops=0.7"], None),
+        ("Default model, structured (lsq)", {"cache_dir": args.cache}, ["flops=0.3", "flops=0.5", "flops=0.7"], None,
+         KINDS),
         ("Default model, unstructured (wanda)", {"cache_dir": args.cache, "granularity": "unstructured"},
-         ["params=0.3", "params=0.5", "params=0.7"], None),
+         ["params=0.3", "params=0.5", "params=0.7"], None, KINDS),
     ]
     if not args.quick:
         model = str(real_model_dir(args.cache))
         cases.append(("SmolLM2-135M, structured (lsq), 32 calibration sequences",
                       {"cache_dir": args.cache, "model": model, "calib_sequences": 32}, ["flops=0.5", "flops=0.8"],
-                      {"cache_dir": args.cache, "model": model}))
-    for label, config, budgets, extra in cases:
-        text, case = run_case(label, config, budgets, extra)
+                      {"cache_dir": args.cache, "model": model},
+                      KINDS[:2] + KINDS[3:]))  # 4 batches of 32 sequences: 1/8 and 1/16 are both one batch
+    for label, config, budgets, extra, table_kinds in cases:
+        text, case = run_case(label, config, budgets, extra, table_kinds)
         parts.append(text)
         data[label] = case
     how = ("dp at each budget on each table, seed 0; held-out scores on 128 held-out sequences. "

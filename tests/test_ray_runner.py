@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -86,3 +88,19 @@ def test_tables_and_dp_are_identical_on_ray_workers(model_dirs, tmp_path):
         two = search("flops=0.5", method="dp", session=remote, seed=0, progress=False, workers=2)
         assert (local.error_table() == remote.error_table()).all()
         same(one, two)
+
+
+def test_local_workers_that_oversubscribe_the_cores_are_warned(caplog):
+    from allocsearch._torch import available_cores
+    from allocsearch.ray_runner import connect
+
+    ray.shutdown()
+    cores = available_cores()
+    with caplog.at_level(logging.WARNING, logger="allocsearch.ray_runner"):
+        connect(workers=2, threads=cores)
+    assert "oversubscribe" in caplog.text and f"pass --threads {max(1, cores // 2)}" in caplog.text
+    caplog.clear()
+    ray.shutdown()
+    with caplog.at_level(logging.WARNING, logger="allocsearch.ray_runner"):
+        connect(workers=1, threads=cores)
+    assert "oversubscribe" not in caplog.text
