@@ -36,12 +36,7 @@ def plot_frontier(planner, metric: str, out: str | Path) -> Path:
     ax.set_title(f"{planner.space.family}, {planner.space.granularity}: error against {metric}")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_allocation(result, out: str | Path) -> Path:
@@ -69,6 +64,13 @@ def plot_allocation(result, out: str | Path) -> Path:
                  f"FLOPs ratio {cost:.3f}, fitness {result.fitness:.4g}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(ncol=min(len(order), 7), fontsize=8)
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    """Write `fig` to `out` (its folder made when missing) and free it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

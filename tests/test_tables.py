@@ -38,6 +38,17 @@ def test_table_depends_on_calibration_not_held_out_text(model_dirs, tmp_path):
     assert fewer.table_key() != first.table_key()
 
 
+def build_inputs(session, module):
+    """What `module` reads on the build's tokens in the dense model, in float64.  # (tokens, in)"""
+    inputs = []
+    handle = module.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for batch in session.build_tokens.split(session.config.batch_size):
+            session.model(input_ids=batch, use_cache=False)
+    handle.remove()
+    return torch.cat(inputs).double()
+
+
 @pytest.mark.parametrize("criterion", ["lsq", "wanda"])
 def test_build_local_errors_are_the_output_projections_relative_error(criterion, model_dirs, tmp_path):
     """The proxy's input, computed in closed form from the Gram matrix, equals ||Y - Y'||^2 / ||Y||^2 measured
@@ -47,13 +58,7 @@ def test_build_local_errors_are_the_output_projections_relative_error(criterion,
     u, level = 1, 5  # block 0's channels
     unit = session.space.units[u]
     consumer = get_module(session.model, unit.consumer.module)
-    inputs = []
-    handle = consumer.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1])))
-    with torch.no_grad():
-        for batch in session.build_tokens.split(session.config.batch_size):
-            session.model(input_ids=batch, use_cache=False)
-    handle.remove()
-    x = torch.cat(inputs).double()  # (tokens, in)
+    x = build_inputs(session, consumer)
     w, b = linear_weight(consumer).double(), consumer.bias.double()
     dense = x @ w.T + b
     session.composer.apply(np.eye(4, dtype=int)[u] * level)
@@ -83,13 +88,7 @@ def test_unstructured_local_errors_are_each_layers_relative_error(model_dirs, tm
     local = session.supernet.local_errors()
     u, level = 5, 9  # block 0's up projection
     layer = get_module(session.model, session.space.units[u].module)
-    inputs = []
-    handle = layer.register_forward_pre_hook(lambda m, a: inputs.append(a[0].reshape(-1, a[0].shape[-1])))
-    with torch.no_grad():
-        for batch in session.build_tokens.split(session.config.batch_size):
-            session.model(input_ids=batch, use_cache=False)
-    handle.remove()
-    x, w = torch.cat(inputs).double(), linear_weight(layer).double()
+    x, w = build_inputs(session, layer), linear_weight(layer).double()
     removed = w * (session.supernet.removal(u) <= level)
     assert local[u, level] == pytest.approx(float(((x @ removed.T) ** 2).sum() / ((x @ w.T) ** 2).sum()), rel=1e-5)
 
