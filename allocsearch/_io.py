@@ -8,8 +8,11 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -39,18 +42,12 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_npz(path: str | Path, meta: dict, arrays: dict, *, compress: bool = False) -> None:
     """Arrays and a JSON `meta` in one `.npz` file, atomically."""
-    import numpy as np
-
     with atomic_file(path) as f:
         (np.savez_compressed if compress else np.savez)(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
 def read_npz(path: str | Path) -> tuple[dict, dict]:
     """What `write_npz` wrote: (meta, arrays). Raises OSError or ValueError for anything else."""
-    import numpy as np
-
-    import zipfile
-
     try:
         with np.load(path) as data:
             return json.loads(str(data["meta"])), {k: data[k] for k in data.files if k != "meta"}
@@ -103,34 +100,3 @@ def verify_manifest(path: str | Path, format: int) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return manifest
-
-
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-
-
-def safetensors_index(path: str | Path) -> dict[str, dict]:
-    """The tensors of a safetensors file: name -> {dtype, shape, offset, bytes} (offsets from the file start)."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    index = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        index[name] = {"dtype": _SAFETENSORS_DTYPES[info["dtype"]], "shape": info["shape"], "offset": 8 + size + begin,
-                       "bytes": end - begin}
-    return index
-
-
-def read_safetensor(path: str | Path, entry: dict):
-    """One tensor of a safetensors file (an entry of `safetensors_index`), read into memory of its own."""
-    import numpy as np
-    import torch
-
-    dtype = getattr(torch, entry["dtype"])
-    if entry["bytes"] == 0:
-        return torch.empty(entry["shape"], dtype=dtype)
-    raw = np.fromfile(path, dtype=np.uint8, count=entry["bytes"], offset=entry["offset"])
-    return torch.from_numpy(raw).view(dtype).reshape(entry["shape"])

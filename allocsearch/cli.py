@@ -8,14 +8,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 
+from optuna_dashboard import run_server
+
+from .app.config import RunConfig
+from .app.planner import Planner
+from .app.plot import plot_allocation, plot_frontier
+from .app.search import export, search
+from .app.session import Session
+from .core.result import Result
 from .errors import AllocSearchError, ConfigError
-from .pipeline import RunConfig, Session, search
-from .result import Result
 from .searchers import QUICK, SEARCHERS
+from .searchers.optuna import default_storage, open_storage
 
 
 def _fraction(text: str) -> float:
@@ -70,6 +78,38 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
                    help="flops=0.5, params=0.4, memory=300MB (fraction of dense or absolute); repeatable")
 
 
+def _option_type(annotation: str):
+    """The argparse type of an Options field: int, float or str, or a comma-separated tuple of one."""
+    base = {"int": int, "float": _fraction, "str": str}
+    kind = re.search(r"\b(int|float|str)\b", annotation).group(1)
+    if annotation.startswith("tuple"):
+        return lambda text: tuple(base[kind](part.strip()) for part in text.split(",") if part.strip())
+    return base[kind]
+
+
+def _method_flags() -> dict[str, list[str]]:
+    """Each method's own option names (the fields of its `Options`)."""
+    return {name: [f.name for f in fields(cls.Options)] for name, cls in SEARCHERS.items() if cls.Options}
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """One flag per field of each searcher's `Options` dataclass, grouped by method."""
+    added: set[str] = set()
+    for name, cls in SEARCHERS.items():
+        if cls.Options is None:
+            continue
+        g = p.add_argument_group(f"--method {name}")
+        for f in fields(cls.Options):
+            if f.name in added:
+                continue
+            added.add(f.name)
+            default = f.default if f.default is not MISSING else None
+            if isinstance(default, tuple):
+                default = ",".join(str(v) for v in default)
+            help_text = f.metadata.get("help", "") + ("" if default is None else f" (default {default})")
+            g.add_argument("--" + f.name.replace("_", "-"), type=_option_type(str(f.type)), help=help_text)
+
+
 def _run_config(args: argparse.Namespace) -> RunConfig:
     names = {f.name for f in fields(RunConfig)}
     return RunConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
@@ -88,26 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", dest="export_dir", help="also write the pruned model to this directory")
     p.add_argument("--planner", help="add what the search evaluated to this planner file (made if missing)")
     p.add_argument("--plot", help="draw the allocation, a bar per unit, to this PNG file")
-    g = p.add_argument_group("evolution")
-    g.add_argument("--generations", type=int, help="generations per round (default 50)")
-    g.add_argument("--offspring", type=int, help="children per generation (default 64)")
-    g.add_argument("--init", help="start from: dp (default), admm, owl, uniform, or a result.json")
-    g.add_argument("--rounds", type=int, help="coarse-to-fine rounds, each on a grid half as fine (default 1)")
-    g.add_argument("--patience", type=int, help="end a round after this many generations without improvement")
-    g.add_argument("--max-evaluations", type=int, help="stop after this many candidate evaluations")
-    g.add_argument("--max-seconds", type=float, help="stop after this much wall time (results then vary)")
-    g.add_argument("--resume", action="store_true", help="continue from the checkpoint of this same command")
-    g.add_argument("--checkpoint", help="checkpoint file (default: the --out file + .checkpoint.npz)")
-    g = p.add_argument_group("optuna")
-    g.add_argument("--sampler", choices=["tpe", "gp", "nsga2", "cmaes", "random"], help="default tpe")
-    g.add_argument("--trials", type=int, help="trials in the study in all (default 200); a rerun continues to it")
-    g.add_argument("--batch", type=int, help="trials asked, evaluated and told together (default 8)")
-    g.add_argument("--study", help="study name (default: family-granularity-budget)")
-    g.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/STUDY.db; "
-                                     "journal:///path/file.log for several processes)")
-    g.add_argument("--prune", type=_fraction, help="score each batch on this share of the tokens first")
-    g.add_argument("--keep", type=_fraction, help="share of a batch that goes on to full fidelity (default 0.25)")
-    g.add_argument("--warm-start", help="allocations enqueued first, comma-separated (default dp,admm)")
+    p.add_argument("--max-evaluations", type=int, help="stop after this many candidate evaluations")
+    p.add_argument("--max-seconds", type=float, help="stop after this much wall time (results then vary)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint of this same command")
+    p.add_argument("--checkpoint", help="checkpoint file (default: the --out file + .checkpoint.npz)")
+    _add_method_options(p)
     _add_model_options(p)
 
     p = commands.add_parser("compare", help="run several methods at one budget and tabulate them")
@@ -147,26 +172,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _log_to_stderr(quiet=args.quiet)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _log_to_stderr(quiet=args.quiet, parser=parser)
     commands = {"search": _search, "compare": _compare, "export": _export, "info": _info, "query": _query,
                 "frontier": _frontier, "dashboard": _dashboard}
     try:
         return commands[args.command](args)
     except AllocSearchError as exc:
-        print(f"allocsearch: error: {exc}", file=sys.stderr)
+        print(f"allocsearch: error: {_as_flags(str(exc), parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("allocsearch: interrupted; finished caches are kept and reused next time", file=sys.stderr)
         return 130
 
 
-def _log_to_stderr(quiet: bool) -> None:
+def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """The library names its parameters (`max_level=0.5`); on the command line they are flags (`--max-level 0.5`)."""
+    flags = {}
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for sub in commands.choices.values():
+        for action in sub._actions:
+            if action.option_strings and action.dest not in flags:
+                flags[action.dest] = action.option_strings[-1]
+    return re.sub(r"\b([a-z][a-z_]*)=(?!=)", lambda m: f"{flags[m.group(1)]} " if m.group(1) in flags
+                  else m.group(0), message)
+
+
+class _FlagFormatter(logging.Formatter):
+    """Log lines as the CLI speaks: parameters named as flags."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__("allocsearch: %(message)s")
+        self.parser = parser
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _as_flags(super().format(record), self.parser)
+
+
+def _log_to_stderr(quiet: bool, parser: argparse.ArgumentParser) -> None:
     logger = logging.getLogger("allocsearch")
     if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("allocsearch: %(message)s"))
-        logger.addHandler(handler)
+        logger.addHandler(logging.StreamHandler())
+    for handler in logger.handlers:
+        handler.setFormatter(_FlagFormatter(parser))
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
@@ -191,8 +240,6 @@ def _stages_line(stages: dict) -> str:
 
 
 def _add_to_planner(path: str, session: Session, results: list[Result]) -> None:
-    from .planner import Planner
-
     planner = Planner.load(path) if Path(path).is_file() else Planner.from_session(session)
     for result in results:
         if result.method == "optuna":  # the whole study, earlier runs included
@@ -204,25 +251,18 @@ def _add_to_planner(path: str, session: Session, results: list[Result]) -> None:
     print(f"planner -> {path} ({planner.n_points} evaluated allocations)")
 
 
-METHOD_FLAGS = {
-    "evolution": ("generations", "offspring", "rounds", "patience", "max_evaluations", "max_seconds", "init"),
-    "optuna": ("sampler", "trials", "batch", "study", "storage", "prune", "keep", "warm_start"),
-}
-
-
 def _method_options(args: argparse.Namespace, session: Session):
     """The method's own options from its flags; `--init FILE` becomes a start allocation."""
-    given = {name for flags in METHOD_FLAGS.values() for name in flags if getattr(args, name) is not None}
-    stray = given - set(METHOD_FLAGS.get(args.method, ()))
+    method_flags = _method_flags()
+    given = {name for names in method_flags.values() for name in names if getattr(args, name) is not None}
+    stray = given - set(method_flags.get(args.method, ()))
     if stray:
         flags = ", ".join("--" + name.replace("_", "-") for name in sorted(stray))
         raise ConfigError(f"{flags} do not apply to --method {args.method}")
-    options = {name: getattr(args, name) for name in METHOD_FLAGS.get(args.method, ()) if name in given}
+    options = {name: getattr(args, name) for name in method_flags.get(args.method, ()) if name in given}
     init = None
-    if options.get("init", "").endswith(".json"):
+    if str(options.get("init", "")).endswith(".json"):
         init = _levels_from_result(options.pop("init"), session)
-    if "warm_start" in options:
-        options["warm_start"] = tuple(w.strip() for w in options["warm_start"].split(",") if w.strip())
     if args.method == "optuna" and "study" not in options:
         options["study"] = _default_study(args, session)
     return options, init
@@ -253,7 +293,8 @@ def _search(args: argparse.Namespace) -> int:
     result = search(args.budget, method=args.method, seed=args.seed, session=session, out=args.out,
                     export_dir=args.export_dir, init=init, method_options=options, checkpoint=checkpoint,
                     resume=args.resume, progress=not args.quiet, workers=args.workers,
-                    ray_address=args.ray_address)
+                    ray_address=args.ray_address, max_evaluations=args.max_evaluations,
+                    max_seconds=args.max_seconds)
     print(f"\n{result.method} at {','.join(args.budget)} on {session.space.family}, {session.space.granularity}: "
           f"{session.space.n_units} units, seed {result.seed}, {result.seconds:.1f} s in all")
     _table(session, [result])
@@ -265,8 +306,6 @@ def _search(args: argparse.Namespace) -> int:
     if args.planner:
         _add_to_planner(args.planner, session, [result])
     if args.plot:
-        from .plot import plot_allocation
-
         print(f"allocation plot -> {plot_allocation(result, args.plot)}")
     return 0
 
@@ -289,8 +328,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export
-
     out = export(args.result, args.out, model=args.model, progress=not args.quiet)
     print(f"pruned model -> {out}  (load it with allocsearch.load_pruned({str(out)!r}))")
     return 0
@@ -318,10 +355,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from optuna_dashboard import run_server
-
-    from .searchers.study import default_storage, open_storage
-
     url = args.storage or default_storage(args.study)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         raise ConfigError(f"--study {args.study!r}: no storage at {url}; run search --method optuna --study "
@@ -336,8 +369,6 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    from .planner import Planner
-
     plan = Planner.load(args.planner).query(",".join(args.budget))
     if args.json:
         print(json.dumps({"levels": plan.levels.tolist(), "allocation": plan.allocation, "cost": plan.cost,
@@ -355,9 +386,6 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _frontier(args: argparse.Namespace) -> int:
-    from .planner import Planner
-    from .plot import plot_frontier
-
     planner = Planner.load(args.planner) if args.planner else Planner.from_session(_session(args))
     plot_frontier(planner, args.metric, args.out)
     print(f"frontier -> {args.out}")

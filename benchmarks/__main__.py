@@ -6,9 +6,20 @@ import argparse
 import logging
 import os
 
-from allocsearch.pipeline import default_cache_dir
+from allocsearch.app.config import default_cache_dir
 
-from . import build, core, evolution, goals, mainjob, parallel, quality, solvers, study, tables
+from . import (
+    build,
+    core,
+    evolution,
+    goals,
+    mainjob,
+    parallel,
+    quality,
+    solvers,
+    study,
+    tables,
+)
 
 PARTS = {"mainjob": mainjob, "tables": tables, "build": build, "core": core, "quality": quality,
          "evolution": evolution, "study": study, "solvers": solvers, "parallel": parallel,

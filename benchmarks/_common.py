@@ -50,7 +50,7 @@ def write_section(path: str | Path, name: str, text: str) -> None:
 def machine() -> str:
     import torch
 
-    from allocsearch.pipeline import available_cores
+    from allocsearch.model._torch import available_cores
 
     return (f"{platform.machine()}, {available_cores()} cores, torch {torch.__version__}, "
             f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from allocsearch import RunConfig, Session, search
-from allocsearch._torch import torch_threads
+from allocsearch.model._torch import torch_threads
 
 from ._common import Report, table, timed
 
@@ -52,7 +52,7 @@ def overhead(session: Session, levels: np.ndarray, repeats: int = 5) -> tuple[fl
 
 
 def run(args) -> Report:
-    from allocsearch.default_model import default_model_dir
+    from allocsearch.model.default_model import default_model_dir
 
     model_dir = str(default_model_dir(args.cache))
     rows, data = [], {"builds": [], "evaluation": []}

@@ -45,8 +45,8 @@ def run(args) -> Report:
     from safetensors import safe_open
 
     from allocsearch import Planner, Result
-    from allocsearch.default_model import default_model_dir
-    from allocsearch.plot import plot_allocation, plot_frontier
+    from allocsearch.app.plot import plot_allocation, plot_frontier
+    from allocsearch.model.default_model import default_model_dir
 
     from .realmodel import real_model_dir
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from allocsearch import InProcessRunner, RunConfig, Session
-from allocsearch.pipeline import available_cores
+from allocsearch.model._torch import available_cores
 
 from ._common import Report, table, timed
 
@@ -32,7 +32,7 @@ def memory(pid: int) -> dict[str, float]:
 def run(args) -> Report:
     import ray
 
-    from allocsearch.ray_runner import RayRunner
+    from allocsearch.app.ray_runner import RayRunner
 
     cores = available_cores()
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict
 
 from allocsearch import Planner, RunConfig, Session, search
-from allocsearch.plot import plot_allocation, plot_frontier
+from allocsearch.app.plot import plot_allocation, plot_frontier
 from allocsearch.searchers import QUICK
 
 from ._common import RESULTS, Report, table

@@ -72,7 +72,7 @@ def real_model_dir(cache_dir: str | Path) -> Path:
 
 
 if __name__ == "__main__":
-    from allocsearch.pipeline import default_cache_dir
+    from allocsearch.app.config import default_cache_dir
 
     logging.basicConfig(level=logging.INFO)
     print(real_model_dir(default_cache_dir()))

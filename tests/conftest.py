@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from allocsearch import RunConfig, Session
+from allocsearch import Session
 
-from .tiny import FAMILIES, save_tiny
+from .tiny import FAMILIES, save_tiny, tiny_config
 
 os.environ.setdefault("ALLOCSEARCH_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,12 +21,6 @@ def model_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
-
-
-def tiny_config(model_dir, cache_dir, **overrides) -> RunConfig:
-    options = dict(model=str(model_dir), seq_len=16, calib_sequences=8, heldout_sequences=8, batch_size=4,
-                   cache_dir=str(cache_dir), device="cpu")
-    return RunConfig(**{**options, **overrides})
 
 
 @pytest.fixture(scope="session")

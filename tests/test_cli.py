@@ -10,19 +10,16 @@ import pytest
 from allocsearch import load_pruned
 from allocsearch.cli import main
 
+from .tiny import tiny_args
+
 RESULT_KEYS = {"method", "budget", "allocation", "levels", "cost", "fitness", "heldout", "seed", "evaluations",
                "config"}
 
 
-def tiny_args(model_dirs, cache_dir, family="gpt2"):
-    return ["--model", str(model_dirs[family]), "--seq-len", "16", "--calib-sequences", "8",
-            "--heldout-sequences", "8", "--cache", str(cache_dir), "--device", "cpu"]
-
-
-def test_search_prints_the_table_and_writes_result_and_model(model_dirs, cache_dir, tmp_path, capsys):
+def test_search_prints_the_table_and_writes_result_and_model(model_dirs, tmp_path, capsys):
     out, export, plot = tmp_path / "result.json", tmp_path / "pruned", tmp_path / "allocation.png"
     code = main(["-q", "search", "--budget", "flops=0.5", "--seed", "3", "--out", str(out), "--export", str(export),
-                 "--plot", str(plot), *tiny_args(model_dirs, cache_dir)])
+                 "--plot", str(plot), *tiny_args(model_dirs, tmp_path / "cold-cache")])  # every stage runs
     assert code == 0
     printed = capsys.readouterr().out
     assert "calib KL" in printed and "held-out KL" in printed and "held-out ppl" in printed and "FLOPs ratio" in printed
@@ -73,9 +70,11 @@ def run_cli(*args, cwd=None):
 
 @pytest.mark.parametrize("args,message", [
     (["--budget", "flops=lots"], "budget flops='lots' is not a number"),
-    (["--budget", "flops=0.5", "--method", "annealing"], "method='annealing' is unknown; choose one of"),
+    (["--budget", "flops=0.5", "--method", "annealing"], "--method 'annealing' is unknown; choose one of"),
     (["--budget", "flops=0.5", "--calib", "missing.txt"], "--calib 'missing.txt': no such file"),
-    (["--budget", "flops=0.5", "--space", "mamba"], "space='mamba' is not a known family; known families"),
+    (["--budget", "flops=0.5", "--space", "mamba"], "--space 'mamba' is not a known family; known families"),
+    (["--budget", "flops=0.5", "--grid-step", "0"], "--grid-step 0.0 must lie in (0, 1]"),
+    (["--budget", "flops=0.5", "--method", "evolution", "--generations", "0"], "--generations 0 must be a positive"),
     (["--budget", "flops=0.01"], "below the smallest reachable cost"),
     (["--budget", "flops=0.5", "--generations", "3", "--warm-start", "dp"],
      "--generations, --warm-start do not apply to --method dp"),
@@ -84,6 +83,18 @@ def test_user_errors_exit_2_with_one_line(args, message, model_dirs, cache_dir, 
     done = run_cli("search", *args, *tiny_args(model_dirs, cache_dir), "--out", str(tmp_path / "r.json"), cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_library_names_parameters_where_the_cli_names_flags(sessions):
+    """The same mistakes through Python speak of keyword arguments, not of flags."""
+    from allocsearch import ConfigError, RunConfig, search
+
+    with pytest.raises(ConfigError, match=r"^grid_step=0 must lie in \(0, 1\]"):
+        RunConfig(grid_step=0)
+    with pytest.raises(ConfigError, match=r"^generations=0 must be a positive integer"):
+        search("flops=0.5", method="evolution", session=sessions("gpt2"), method_options={"generations": 0})
+    with pytest.raises(ConfigError, match=r"^max_seconds=-1 must be positive"):
+        search("flops=0.5", session=sessions("gpt2"), max_seconds=-1)
 
 
 def test_missing_model_directory_is_a_user_error(tmp_path):
@@ -122,3 +133,15 @@ def test_method_flags_reach_their_searcher(model_dirs, cache_dir, tmp_path):
                  "--study", "flags", "--storage", storage, "--out", str(tmp_path / "o.json"), *args]) == 0
     trials = optuna.load_study(study_name="flags", storage=storage).trials
     assert trials[0].user_attrs["warm_start"] == "uniform" and trials[0].user_attrs["levels"] == start
+
+
+def test_every_option_field_is_a_flag(model_dirs, cache_dir, tmp_path):
+    """Flags come from each searcher's Options dataclass: tuples comma-separated, a new searcher's too."""
+    args = ["--budget", "flops=0.5", "--seed", "1", *tiny_args(model_dirs, cache_dir)]
+    assert main(["-q", "search", "--method", "random", "--samples", "3", "--out", str(tmp_path / "r.json"),
+                 *args]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["evaluations"] == 3
+    assert main(["-q", "search", "--method", "evolution", "--generations", "1", "--offspring", "4", "--fidelities",
+                 "0.5,1", "--survivors", "2,1", "--out", str(tmp_path / "e.json"), *args]) == 0
+    options = json.loads((tmp_path / "e.json").read_text())["options"]
+    assert options["fidelities"] == [0.5, 1.0] and options["survivors"] == [2, 1]

@@ -1,13 +1,17 @@
-"""Tiny random models of every supported family, built from configs (no network)."""
+"""What the tests share: tiny random models of every family (built from configs, no network), their
+run configuration and CLI flags, a synthetic problem with no model, a free port."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from allocsearch.data import ByteTokenizer
-from allocsearch.models import save_tokenizer
+from allocsearch import CostModel, Problem, RunConfig, SearchSpace, Unit
+from allocsearch.model.data import ByteTokenizer
+from allocsearch.model.loading import save_tokenizer
 
 FAMILIES = ("gpt2", "opt", "llama", "qwen2", "bert")
 
@@ -50,3 +54,46 @@ def save_tiny(family: str, directory: Path) -> Path:
     model.save_pretrained(directory)
     save_tokenizer(ByteTokenizer(), directory)
     return directory
+
+
+def tiny_config(model_dir, cache_dir, **overrides) -> RunConfig:
+    options = dict(model=str(model_dir), seq_len=16, calib_sequences=8, heldout_sequences=8, batch_size=4,
+                   cache_dir=str(cache_dir), device="cpu")
+    return RunConfig(**{**options, **overrides})
+
+
+def tiny_args(model_dirs, cache_dir, family="gpt2"):
+    return ["--model", str(model_dirs[family]), "--seq-len", "16", "--calib-sequences", "8",
+            "--heldout-sequences", "8", "--cache", str(cache_dir), "--device", "cpu"]
+
+
+def synthetic_problem(seed: int, n_units: int = 6, budget: float = 0.5) -> Problem:
+    """Units with random level counts and random decreasing costs; no model needed."""
+    rng = np.random.default_rng(seed)
+    units, width = [], 0
+    for u in range(n_units):
+        groups = int(rng.integers(2, 20))
+        counts = tuple(sorted(set(rng.integers(1, groups + 1, size=int(rng.integers(1, 6))).tolist()) | {0}))
+        units.append(Unit(name=f"u{u}", kind="channels", block=u, groups=groups, counts=counts))
+        width = max(width, len(counts))
+    tables = {}
+    for metric in ("flops", "params", "bytes"):
+        table = np.full((n_units, width), np.inf)
+        for u, unit in enumerate(units):
+            dense = rng.uniform(1, 100)
+            table[u, : unit.n_levels] = dense * (1 - np.asarray(unit.counts) / unit.groups) * rng.uniform(0.5, 1)
+            table[u, 0] = dense
+        tables[metric] = table
+    costs = CostModel(tables, {"flops": rng.uniform(0, 50), "params": 0.0, "bytes": 0.0}, 1, 4)
+    space = SearchSpace("synthetic", "causal_lm", "structured", tuple(units), {})
+    limit = costs.minimum["flops"] + budget * (costs.dense["flops"] - costs.minimum["flops"])
+    errors = np.full((n_units, width), np.inf)
+    for u, unit in enumerate(units):  # increasing with the level, 0 when dense
+        errors[u, : unit.n_levels] = np.cumsum(np.r_[0, rng.exponential(1, unit.n_levels - 1)]) * rng.uniform(0.1, 3)
+    return Problem(space, costs, {"flops": limit}, errors=errors, outlier_ratios=rng.uniform(0, 0.1, n_units))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

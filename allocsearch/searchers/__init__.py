@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .admm import ADMM
-from .base import Problem, Proposals, Searcher
-from .dp import DP
+from .base import Proposals, Refining, Resumable, Searcher
 from .evolution import Evolution, EvolutionOptions
-from .owl import OWL
-from .study import OptunaStudy, StudyOptions
-from .repair import fill, predicted_error, repair
-from .uniform import Uniform, shaped_levels, uniform_levels
+from .optuna import OptunaStudy, StudyOptions
+from .proposals import DP, OWL, Uniform
+from .random import RandomSearch
 
-SEARCHERS: dict[str, type[Searcher]] = {cls.name: cls for cls in (Uniform, OWL, ADMM, DP, Evolution, OptunaStudy)}
+SEARCHERS: dict[str, type[Searcher]] = {
+    cls.name: cls for cls in (Uniform, OWL, ADMM, DP, Evolution, OptunaStudy, RandomSearch)
+}
 QUICK = ("uniform", "owl", "admm", "dp")  # methods that take seconds: one evaluation, or a few
 
 
@@ -22,6 +22,5 @@ def get_searcher(method: str) -> type[Searcher]:
     return SEARCHERS[method]
 
 
-__all__ = ["ADMM", "DP", "OWL", "Evolution", "EvolutionOptions", "OptunaStudy", "StudyOptions", "SEARCHERS",
-           "QUICK", "Problem", "Proposals", "Searcher", "Uniform", "fill", "get_searcher", "predicted_error", "repair",
-           "shaped_levels", "uniform_levels"]
+__all__ = ["ADMM", "DP", "OWL", "Evolution", "EvolutionOptions", "OptunaStudy", "Proposals", "QUICK", "RandomSearch", "Refining",
+           "Resumable", "SEARCHERS", "Searcher", "StudyOptions", "Uniform", "get_searcher"]

@@ -12,7 +12,6 @@
 - Rounds (Tyr's coarse-to-fine): when a round stops (`generations`, or `patience` generations
   without improvement) and `rounds` remain, the searcher asks for a grid half as fine around its best
   allocation (`refine_step`); the search loop rebuilds the cache on it and continues from there.
-- Stops early on `max_evaluations` or `max_seconds` (the latter makes results depend on the machine).
 
 All randomness comes from the searcher's one generator, so a seed fixes the sequence of candidates;
 `state()` / `load_state()` capture everything at a generation boundary for checkpoints.
@@ -20,37 +19,46 @@ All randomness comes from the searcher's one generator, so a seed fixes the sequ
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..core.problem import Problem
 from ..errors import ConfigError
-from .base import Problem, Searcher
+from .admm import ADMM
+from .base import Refining, Resumable, Searcher
+from .proposals import DP, OWL, Uniform
+from .termination import Generations, Patience, Status
 
-INITS = ("dp", "admm", "owl", "uniform")
+INITS = {"dp": DP, "admm": ADMM, "owl": OWL, "uniform": Uniform}
+
+
+def _flag(help_text: str) -> dict:
+    return {"help": help_text}
 
 
 @dataclass(frozen=True)
 class EvolutionOptions:
     """Options of `Evolution` (see the module notes)."""
 
-    offspring: int = 64
-    generations: int = 50
-    patience: int | None = None
-    fidelities: tuple[float, ...] = (1 / 16, 1 / 4, 1.0)
-    survivors: tuple[int, ...] = (8, 2, 1)
-    init: str = "dp"
-    rounds: int = 1
-    max_evaluations: int | None = None
-    max_seconds: float | None = None
+    generations: int = field(default=50, metadata=_flag("generations per round"))
+    offspring: int = field(default=64, metadata=_flag("children per generation"))
+    init: str = field(default="dp", metadata=_flag("start from: dp, admm, owl, uniform, or a result.json"))
+    rounds: int = field(default=1, metadata=_flag("coarse-to-fine rounds, each on a grid half as fine"))
+    patience: int | None = field(default=None, metadata=_flag("end a round after this many generations "
+                                                              "without improvement"))
+    fidelities: tuple[float, ...] = field(default=(1 / 16, 1 / 4, 1.0), metadata=_flag(
+        "share of calibration tokens of each selection stage, increasing to 1"))
+    survivors: tuple[int, ...] = field(default=(8, 2, 1), metadata=_flag("children kept after each stage, "
+                                                                         "ending with 1"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fidelities", tuple(float(f) for f in self.fidelities))
         object.__setattr__(self, "survivors", tuple(int(s) for s in self.survivors))
-        if self.offspring < 1 or self.generations < 1 or self.rounds < 1:
-            raise ConfigError(f"offspring={self.offspring}, generations={self.generations} and rounds={self.rounds} "
-                              "must be positive")
+        for name in ("offspring", "generations", "rounds", "patience"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
         if self.init not in INITS:
             raise ConfigError(f"init={self.init!r} must be one of {', '.join(INITS)}, or a result file")
         f, s = self.fidelities, self.survivors
@@ -61,18 +69,11 @@ class EvolutionOptions:
             raise ConfigError(f"survivors={s} must not increase and must end with 1")
 
 
-class Evolution(Searcher):
+class Evolution(Searcher, Resumable, Refining):
     """(1 + lambda) evolution with multi-step selection and coarse-to-fine rounds."""
 
     name = "evolution"
     Options = EvolutionOptions
-
-    @classmethod
-    def requirements(cls, options: dict, has_init: bool) -> frozenset[str]:
-        if has_init:
-            return frozenset()
-        init = options.get("init", EvolutionOptions.init)
-        return frozenset({"dp": {"errors"}, "admm": {"errors"}, "owl": {"outlier_ratios"}}.get(init, set()))
 
     def __init__(self, problem: Problem, *, seed: int, **options) -> None:
         super().__init__(problem, seed=seed, **options)
@@ -80,8 +81,9 @@ class Evolution(Searcher):
         self.generation = 0  # in this round
         self.generations_done = 0  # over all rounds
         self.evaluations = 0
-        self.elapsed = 0.0
-        self._clock = time.monotonic()
+        self.round_ends = [Generations(self.options.generations)]
+        if self.options.patience is not None:
+            self.round_ends.append(Patience(self.options.patience))
         self._start(problem)
 
     # -- phases -----------------------------------------------------------------------------------
@@ -102,9 +104,7 @@ class Evolution(Searcher):
             self._inner = None
             self._pending = [np.asarray(problem.init, dtype=np.int64)]
         else:
-            from . import get_searcher
-
-            self._inner = get_searcher(self.options.init)(problem, seed=int(self.rng.integers(2**31)))
+            self._inner = INITS[self.options.init](problem, seed=int(self.rng.integers(2**31)))
 
     def rebase(self, problem: Problem) -> None:
         """Continue on a refined grid; `problem.init` is the best allocation, expressed on it."""
@@ -183,13 +183,8 @@ class Evolution(Searcher):
         self._after_generation()
 
     def _after_generation(self) -> None:
-        o = self.options
-        self.elapsed += time.monotonic() - self._clock
-        self._clock = time.monotonic()
-        if (o.max_evaluations is not None and self.evaluations >= o.max_evaluations) or \
-                (o.max_seconds is not None and self.elapsed >= o.max_seconds):
-            self.phase = "done"
-        elif self.generation >= o.generations or (o.patience is not None and self.stalls >= o.patience):
+        status = Status(evaluations=self.evaluations, generation=self.generation, stalls=self.stalls)
+        if any(end.reached(status) for end in self.round_ends):
             self._end_round()
 
     def _end_round(self) -> None:
@@ -246,7 +241,7 @@ class Evolution(Searcher):
             raise RuntimeError("state() is taken between generations only")
         seen = np.frombuffer(b"".join(sorted(self._seen)), dtype=np.int64).reshape(-1, self.problem.space.n_units)
         return {"round": self.round, "generation": self.generation, "generations_done": self.generations_done,
-                "evaluations": self.evaluations, "elapsed": self.elapsed, "stalls": self.stalls,
+                "evaluations": self.evaluations, "stalls": self.stalls,
                 "parent": self.parent.tolist(), "parent_fitness": self.parent_fitness,
                 "best": self.best_levels.tolist(), "best_fitness": self.best_fitness,
                 "rng": self.rng.bit_generator.state, "options": asdict(self.options), "seen": seen}
@@ -255,11 +250,10 @@ class Evolution(Searcher):
         """Continue from `state()` taken on a problem with the same space as this one."""
         self.round, self.generation = int(state["round"]), int(state["generation"])
         self.generations_done, self.evaluations = int(state["generations_done"]), int(state["evaluations"])
-        self.elapsed, self.stalls = float(state["elapsed"]), int(state["stalls"])
+        self.stalls = int(state["stalls"])
         self.parent, self.parent_fitness = np.array(state["parent"], dtype=np.int64), float(state["parent_fitness"])
         self.best_levels, self.best_fitness = np.array(state["best"], dtype=np.int64), float(state["best_fitness"])
         self.rng.bit_generator.state = state["rng"]
         self._seen = {row.tobytes() for row in np.asarray(state["seen"], dtype=np.int64)}
         self._inner, self._pending, self._pool, self._scores, self.stage = None, [], [], {}, 0
         self.phase = "evolve"
-        self._clock = time.monotonic()

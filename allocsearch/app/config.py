@@ -1,0 +1,122 @@
+"""`RunConfig`: every setting that shapes a run but the budget, method and seed; saved with each result.
+
+It is flat on purpose: each field is one keyword of `search()` and one CLI flag, and a result's
+`config` is this dataclass as a dict. The model-layer configurations are read from it
+(`supernet_config()`, `evaluator_config()`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from ..core.space import LevelGrid
+from ..errors import ConfigError
+from ..model._torch import available_cores
+from ..model.evaluator import EvaluatorConfig
+from ..model.supernet import SupernetConfig
+from .tables import check_table
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_cache_dir() -> Path:
+    """`$ALLOCSEARCH_CACHE`, else `~/.cache/allocsearch`."""
+    return Path(os.environ.get("ALLOCSEARCH_CACHE") or Path.home() / ".cache" / "allocsearch")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run but the budget, method and seed.
+
+    Args:
+        model: hub id or local directory; None uses the embedded default model.
+        granularity: `structured` (heads and channels) or `unstructured` (weights of each layer).
+        space: a family name or a YAML file; None picks the family from the model's type.
+        criterion: `magnitude`, `wanda` or `lsq`; None: `lsq` structured, `wanda` unstructured.
+        grid_step, max_level, channel_multiple: the level grid (see `LevelGrid`).
+        calib, heldout: text files, one document per line; None uses the built-in text.
+        calib_sequences, heldout_sequences, seq_len: how much text scores candidates, in windows of
+            `seq_len` tokens; FLOPs are counted per token at `seq_len`.
+        build_sequences: windows of calibration text the supernet build learns from (its statistics
+            and least-squares refits); None: the calibration windows, or more where a structured
+            space's widest output projection needs them: `BUILD_TOKENS_PER_INPUT` tokens per input
+            column, so that every refit is well over-determined.
+        calib_from: None feeds each block dense activations while building the cache; a fraction
+            feeds it those of the model pruned uniformly at that level.
+        damp: damping of the least-squares refit.
+        table: the error table dp, admm and the Planner read: `exact`, `fast` or `proxy` (see
+            `allocsearch.tables`).
+        table_fidelity: the share of calibration batches a `fast` or `proxy` table's measured cells
+            are scored on.
+        threads: torch threads of every build and evaluation; None takes this machine's cores (the
+            number is recorded: CPU results differ with it, in the last digits).
+        batch_size: sequences per forward; fidelities round up to whole batches.
+        topk: next-token probabilities a language model's reference keeps per position; None keeps
+            the whole distribution up to a vocabulary of 4096 and the top 256 above it.
+        device: `auto` (a GPU when there is one), `cpu`, `cuda`, ...
+        dtype: `float32`, `bfloat16` or `float16`: the weights' type while evaluating and exporting
+            (and of the block inputs and refit weights the caches hold).
+        cache_dir: where caches live; None: `$ALLOCSEARCH_CACHE` or `~/.cache/allocsearch`.
+    """
+
+    model: str | None = None
+    granularity: str = "structured"
+    space: str | None = None
+    criterion: str | None = None
+    grid_step: float = 1 / 16
+    max_level: float | None = None
+    channel_multiple: int = 1
+    calib: str | None = None
+    heldout: str | None = None
+    calib_sequences: int = 128
+    heldout_sequences: int = 128
+    seq_len: int = 128
+    build_sequences: int | None = None
+    calib_from: float | None = None
+    damp: float = 0.01
+    table: str = "proxy"
+    table_fidelity: float = 1 / 16
+    threads: int | None = None
+    batch_size: int = 8
+    topk: int | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r} must be one of {', '.join(DTYPES)}")
+        if self.threads is None:
+            object.__setattr__(self, "threads", available_cores())
+        for name in ("calib_sequences", "heldout_sequences", "seq_len", "threads", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        for name in ("build_sequences", "topk"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name}={value!r} must be a positive integer, or None for the default")
+        check_table(self.table, self.table_fidelity)
+        self.grid()  # checks the grid fields
+
+    def grid(self) -> LevelGrid:
+        return LevelGrid(self.grid_step, self.max_level, self.channel_multiple)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def supernet_config(self) -> SupernetConfig:
+        return SupernetConfig(criterion=self.criterion, damp=self.damp, calib_from=self.calib_from,
+                              batch_size=self.batch_size, threads=self.threads)
+
+    def evaluator_config(self) -> EvaluatorConfig:
+        return EvaluatorConfig(threads=self.threads)
+
+
+BUILD_TOKENS_PER_INPUT = 16

@@ -1,0 +1,182 @@
+"""The entry points: `search()` runs a searcher through a runner and returns a `Result`; `export()`
+writes the pruned model of a result."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..core.budget import Budget, within
+from ..core.result import Result
+from ..core.space import LevelGrid
+from ..errors import ConfigError, SpaceError
+from ..model.export import check_export_dir
+from ..searchers import get_searcher
+from ..searchers.termination import stop_conditions
+from .checkpoint import checkpoint_seed, fingerprint
+from .config import RunConfig
+from .loop import run_search
+from .ray_runner import runner_factory
+from .runners import Runner
+from .session import Session
+from .stages import stage
+
+
+def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | None = None,
+           config: RunConfig | None = None, runner: Runner | Callable[[Session], Runner] | None = None,
+           out: str | Path | None = None, export_dir: str | Path | None = None, progress: bool = True,
+           session: Session | None = None, init: np.ndarray | dict[str, int] | None = None,
+           method_options: dict | None = None, checkpoint: str | Path | None = None, resume: bool = False,
+           workers: int = 1, ray_address: str | None = None, max_evaluations: int | None = None,
+           max_seconds: float | None = None, **options) -> Result:
+    """Search an allocation within `budget` and measure it.
+
+    Args:
+        budget: a `Budget` or strings like `"flops=0.5"`.
+        method: a searcher name (`dp`, the default, `uniform`, `owl`, `admm`, `evolution`, `optuna`).
+        seed: makes the search reproducible; None draws one (recorded in the result).
+        config: a `RunConfig`; or give its fields as keyword `options` (`model="gpt2"`, ...).
+        runner: evaluates candidates: a Runner, or a function of a `Session` making one (needed
+            when a search moves to refined grids); None: in this process, or on `workers` Ray actors.
+        workers, ray_address: with more than one worker (or an address), candidates are evaluated
+            on Ray actors, locally or on the cluster at `ray_address`; results do not change.
+        out: write the result JSON here.
+        export_dir: write the pruned model here.
+        session: reuse a `Session` (its config wins over `config` and `options`).
+        init: a known allocation (level indices, or `{unit: level}`) to start from; it is evaluated
+            first and the result is never worse than it.
+        method_options: the searcher's own options (e.g. `{"generations": 100}` for evolution).
+        checkpoint: write a checkpoint here at every generation boundary; removed when done.
+        resume: continue from `checkpoint` when it holds this very search.
+        max_evaluations, max_seconds: stop once this many candidates were evaluated, or this much
+            wall time spent (checked between generations, or after each batch; seconds make the
+            result depend on the machine).
+
+    For example::
+
+        result = allocsearch.search("flops=0.5", method="dp", seed=0)
+        result.cost["flops_ratio"], result.heldout
+    """
+    start = time.perf_counter()
+    if export_dir is not None:
+        check_export_dir(export_dir)
+    for name, value in (("max_evaluations", max_evaluations), ("max_seconds", max_seconds)):
+        if value is not None and not value > 0:
+            raise ConfigError(f"{name}={value!r} must be positive, or None for no limit")
+    if session is None:
+        if config is not None and options:
+            raise ConfigError(f"give either config= or keyword options, not both (got {sorted(options)})")
+        session = Session(config or RunConfig(**options), progress=progress)
+    budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+    if seed is None and resume and checkpoint and Path(checkpoint).is_file():
+        seed = checkpoint_seed(Path(checkpoint))  # the drawn seed of the search being resumed
+    seed = _draw_seed() if seed is None else int(seed)
+    method_options = dict(method_options or {})
+    searcher_class = get_searcher(method)
+    limits = budget.limits(session.costs)
+    init_levels = _checked_init(session, limits, init)
+    if runner is None:
+        factory = runner_factory(workers, ray_address)
+    elif hasattr(runner, "evaluate"):
+        if method_options.get("rounds", 1) > 1:
+            raise ConfigError("a search over refined grids (rounds > 1) needs runner= as a function of the session")
+        factory = lambda s: runner  # noqa: E731
+    else:
+        factory = runner
+    stops = {"max_evaluations": max_evaluations, "max_seconds": max_seconds}
+    identity = fingerprint(method=method, options=method_options, seed=seed, limits=limits,
+                           config=asdict(session.config), space=session.space.id,
+                           init=None if init_levels is None else init_levels.tolist(),
+                           **{k: v for k, v in stops.items() if v is not None})
+    session.stages = {}  # what this search spends; what an earlier one built is reused, not counted again
+    _ = session.supernet, session.evaluator  # the build, then the dense passes: each its own stage
+    outcome = run_search(session, searcher_class, limits=limits, seed=seed, options=method_options,
+                         runner_factory=factory, init=init_levels, stops=stop_conditions(**stops),
+                         checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, identity=identity,
+                         progress=progress)
+    final = outcome.session
+    if not within(final.costs, outcome.levels, limits):
+        raise RuntimeError(f"searcher {method} returned an allocation outside the limits")
+    with stage(session.stages, "heldout", session.device):
+        result = make_result(final, method, budget, outcome.levels, outcome.fitness, seed, outcome.history,
+                             time.perf_counter() - start, base=session, rounds=outcome.rounds, options=method_options)
+    result.stages = dict(session.stages)
+    outcome.searcher.finish(result)
+    if out is not None:
+        result.save(out)
+    if checkpoint and Path(checkpoint).is_file():
+        os.unlink(checkpoint)  # the search is complete: nothing is left to resume
+    if export_dir is not None:
+        with stage(session.stages, "export", session.device):
+            final.export(outcome.levels, export_dir, result)
+        result.stages = dict(session.stages)
+        if out is not None:
+            result.save(out)
+    return result
+
+
+def export(result: Result | str | Path, out_dir: str | Path, *, model: str | None = None,
+           progress: bool = True) -> Path:
+    """Write the pruned model of a search result (a `Result` or its JSON file) to `out_dir`.
+
+    For example::
+
+        allocsearch.export("result.json", "pruned/")
+        pruned = allocsearch.load_pruned("pruned/")
+    """
+    if not isinstance(result, Result):
+        result = Result.load(result)
+    session = Session(RunConfig.from_dict({**result.config, **({"model": model} if model else {})}),
+                      progress=progress)
+    base_id = result.space.get("base_id", result.space.get("id"))
+    if session.space.id != base_id:
+        raise SpaceError(f"result was searched on space {base_id} but this model gives {session.space.id}; "
+                         "pass the model the search used as model=PATH")
+    if result.space.get("rounds"):  # found on a refined grid
+        session = session.on_grid(result.space["rounds"][-1], LevelGrid(**result.space["grid"]))
+    return session.export(session.space.levels_from_dict(result.levels), out_dir, result)
+
+
+def make_result(session: Session, method: str, budget: Budget, levels: np.ndarray, fitness: float, seed: int,
+                history: list[dict], seconds: float, *, base: Session | None = None,
+                rounds: list | None = None, options: dict | None = None) -> Result:
+    """The result of `levels` on `session`; `base` is the session the search began on, when a later
+    round moved to a refined grid (`rounds` lists every round's grid)."""
+    space, costs, evaluator = session.space, session.costs, session.evaluator
+    summary = {k: v for k, v in space.to_dict().items() if k != "spec"}
+    summary["base_id"] = (base or session).space.id
+    if rounds is not None and len(rounds) > 1:
+        summary["rounds"] = rounds
+    total, ratios = costs.total(levels), costs.ratios(levels)
+    held = evaluator.heldout(levels)
+    cost = {"flops": total["flops"], "flops_ratio": ratios["flops"], "params": total["params"],
+            "params_ratio": ratios["params"], "bytes": total["bytes"], "bytes_ratio": ratios["bytes"],
+            "seq_len": costs.seq_len}
+    return Result(
+        method=method, budget=budget.to_dict(), allocation=space.allocation_dict(levels),
+        levels=space.levels_dict(levels), cost=cost, fitness=float(fitness), heldout=held.score,
+        heldout_fitness=held.fitness, dense_heldout=evaluator.dense_heldout, seed=seed, evaluations=len(history),
+        config=asdict(session.config), space=summary, seconds=round(seconds, 2), history=history,
+        options=dict(options or {}),
+    )
+
+
+def _checked_init(session: Session, limits: dict[str, float], init) -> np.ndarray | None:
+    if init is None:
+        return None
+    levels = session.space.levels_from_dict(init) if isinstance(init, dict) else np.asarray(init, dtype=np.int64)
+    session.space.check(levels)
+    total = session.costs.total(levels)
+    over = [m for m, limit in limits.items() if total[m] > limit]
+    if over:
+        raise ConfigError(f"init allocation exceeds the budget on {', '.join(over)}; start from one within it")
+    return levels
+
+
+def _draw_seed() -> int:
+    return int(np.random.SeedSequence().entropy % (2**31))

@@ -1,0 +1,1 @@
+"""The allocation problem as plain data (numpy only): spaces, costs, budgets, problems, results."""

@@ -1,0 +1,69 @@
+"""Loading models and tokenizers: a hub id, a local directory, or the embedded default model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from ..errors import ModelLoadError
+from .data import ByteTokenizer
+from .spec import load_spec
+
+BYTE_TOKENIZER_FILE = "allocsearch_tokenizer.json"
+
+
+def _hub_hint(name: str) -> str:
+    if Path(name).exists():
+        return "check that the directory holds config.json and the weights"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return ("no such local directory, and HF_HUB_OFFLINE=1 forbids the hub" if offline else
+            "no such local directory, and the hub could not serve it; check the name and your network, "
+            "or pass a local directory")
+
+
+def load_config(name: str):
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model={name!r} could not be loaded: {_hub_hint(name)} ({exc.__class__.__name__})") from None
+
+
+def load_model(name: str, *, space: str | Path | None = None, dtype: torch.dtype = torch.float32,
+               attn_implementation: str = "sdpa") -> tuple[nn.Module, dict]:
+    """A model in eval mode without gradients, and its search-space spec (which fixes its task).
+
+    `name` is a hub id or a local directory, as for `from_pretrained`. Language models load with
+    `AutoModelForCausalLM`, encoders with `AutoModel`.
+    """
+    config = load_config(name)
+    spec = load_spec(space, config.model_type)
+    auto = AutoModelForCausalLM if spec["task"] == "causal_lm" else AutoModel
+    try:
+        model = auto.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model={name!r} could not be loaded: {_hub_hint(name)} ({exc})") from None
+    model.eval().requires_grad_(False)
+    return model, spec
+
+
+def load_tokenizer(name: str):
+    """The byte tokenizer for directories that carry its marker file, else `AutoTokenizer`."""
+    if (Path(name) / BYTE_TOKENIZER_FILE).is_file():
+        return ByteTokenizer()
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model={name!r}: its tokenizer could not be loaded ({exc.__class__.__name__}); "
+                             "the directory needs the tokenizer files saved beside the model") from None
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    if isinstance(tokenizer, ByteTokenizer):
+        (directory / BYTE_TOKENIZER_FILE).write_text(json.dumps({"type": "bytes"}) + "\n")
+    else:
+        tokenizer.save_pretrained(directory)

@@ -1,0 +1,1 @@
+"""Pure functions of a problem's tables: dp, price / softmax / ADMM, shaped (uniform, OWL), repair."""

@@ -1,1 +1,0 @@
-"""Search spaces, one YAML file per model family (installed as `allocsearch.searchspaces`)."""

@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from allocsearch import ConfigError, Planner, Session, search
+from allocsearch.searchers.optuna import open_storage
+
+from ..tiny import free_port, tiny_config
+from .test_evolution import Interrupt, interrupting
+
+QUICK = {"trials": 24, "batch": 6}
+
+
+def run(session, study, storage, seed=0, **kwargs):
+    options = {**QUICK, "study": study, "storage": storage, **kwargs.pop("method_options", {})}
+    return search("flops=0.5", method="optuna", session=session, seed=seed, progress=False,
+                  method_options=options, **kwargs)
+
+
+def trials_of(study, storage):
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def params_of(study, storage):
+    return [(t.state.name, t.params) for t in trials_of(study, storage)]
+
+
+@pytest.fixture
+def session(model_dirs, cache_dir):
+    return Session(tiny_config(model_dirs["gpt2"], cache_dir), progress=False)
+
+
+def test_same_seed_same_trials_and_warm_start_first(session, tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    a = run(session, "a", storage, seed=3)
+    run(session, "b", storage, seed=3)
+    assert params_of("a", storage) == params_of("b", storage)
+    trials = trials_of("a", storage)
+    assert len(trials) == 24 and all(t.state == TrialState.COMPLETE for t in trials)
+    warm = [t.user_attrs.get("warm_start") for t in trials]
+    assert warm[0] == "dp" and set(warm[1:3]) <= {"admm", None}  # admm's, unless it equals dp's
+    assert all(w is None for w in warm[2:])
+    assert a.fitness == min(t.values[0] for t in trials)
+    run(session, "c", storage, seed=4)
+    assert params_of("c", storage) != params_of("a", storage)
+
+
+def test_no_evaluated_trial_exceeds_the_budget(session, tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    result = run(session, "budget", storage, method_options={"sampler": "random"})
+    limit = 0.5 * session.costs.dense["flops"]
+    trials = trials_of("budget", storage)
+    repaired = [t for t in trials if t.user_attrs["repaired"]]
+    assert repaired, "random sampling should break the budget sometimes"
+    for t in trials:
+        assert session.costs.total(np.array(t.user_attrs["levels"]))["flops"] <= limit
+        sampled = np.array([t.params[u.name] for u in session.space.units])
+        excess = session.costs.total(sampled)["flops"] / limit - 1
+        assert t.system_attrs["constraints:budget"] == pytest.approx(excess)
+        assert (excess > 0) == t.user_attrs["repaired"]
+    assert all(session.costs.total(np.array(h["levels"]))["flops"] <= limit for h in result.history)
+
+
+def test_interrupt_and_resume_loses_and_repeats_nothing(session, model_dirs, cache_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run(session, "whole", storage, seed=7)
+    for after in (9, 20):  # inside a batch's evaluation; right at a batch's end
+        name = f"killed-{after}"
+        with pytest.raises(Interrupt):
+            run(session, name, storage, seed=7, runner=interrupting(after))
+        assert any(t.state == TrialState.RUNNING for t in trials_of(name, storage)) or after % 6 == 0
+        fresh = Session(tiny_config(model_dirs["gpt2"], cache_dir), progress=False)
+        run(fresh, name, storage, seed=7)
+        trials = trials_of(name, storage)
+        assert len(trials) == 24 and all(t.state == TrialState.COMPLETE for t in trials)
+        assert [t.number for t in trials] == list(range(24))
+        assert params_of(name, storage) == params_of("whole", storage)  # as if never interrupted
+        assert [t.values for t in trials] == [t.values for t in trials_of("whole", storage)]
+
+
+def test_rerunning_a_finished_study_adds_no_trials_and_other_settings_are_refused(session, tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    first = run(session, "once", storage)
+    again = run(session, "once", storage)
+    assert len(trials_of("once", storage)) == 24 and again.fitness == first.fitness
+    with pytest.raises(ConfigError, match=r"belongs to another search \(seed was \d+, now 99\)"):
+        run(session, "once", storage, seed=99)
+
+
+def test_pruning_on_few_tokens_first(session, tmp_path):
+    storage = f"journal:///{tmp_path}/study.log"  # the journal file storage works too
+    run(session, "pruned", storage, method_options={"prune": 0.25, "keep": 0.5})
+    trials = trials_of("pruned", open_storage(storage))
+    states = [t.state for t in trials]
+    assert states.count(TrialState.PRUNED) == 12 and states.count(TrialState.COMPLETE) == 12  # half of each batch
+    assert all(0 in t.intermediate_values for t in trials)
+
+
+def test_nsga2_pareto_front_feeds_the_planner(session, tmp_path):
+    storage = f"sqlite:///{tmp_path}/s.db"
+    run(session, "pareto", storage, method_options={"sampler": "nsga2", "trials": 30, "batch": 10})
+    study = optuna.load_study(study_name="pareto", storage=storage)
+    assert study.metric_names == ["fitness", "flops_ratio"]
+    front = study.best_trials
+    assert front
+    planner = Planner.from_session(session, resolution=1000)
+    assert planner.add_study("pareto", storage) == 30
+    for trial in front:
+        ratio = trial.values[1]
+        plan = planner.query(flops=ratio + 1e-9)
+        assert plan.cost["flops_ratio"] <= ratio + 1e-9
+        known = plan.measured_fitness if plan.measured_fitness is not None else plan.predicted_error
+        assert plan.source == "frontier" or known <= trial.values[0]
+
+
+@pytest.fixture
+def dashboard(session, tmp_path, monkeypatch):
+    """optuna-dashboard started by `allocsearch dashboard` on a study the project wrote (default storage)."""
+    monkeypatch.chdir(tmp_path)
+    result = run(session, "tiny-gpt2-half-flops", None)
+    assert (tmp_path / "studies" / "tiny-gpt2-half-flops.db").is_file()
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "allocsearch.cli", "dashboard", "--study", "tiny-gpt2-half-flops",
+                                "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/api/meta", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                raise AssertionError(process.stdout.read().decode())
+            time.sleep(0.2)
+    yield base, result
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow  # a dashboard server (and a browser)
+def test_dashboard_serves_the_study_trials_and_attributes(dashboard):
+    base, result = dashboard
+    studies = get(f"{base}/api/studies")["study_summaries"]
+    study = next(s for s in studies if s["study_name"] == "tiny-gpt2-half-flops")
+    detail = get(f"{base}/api/studies/{study['study_id']}?after=0")
+    assert len(detail["trials"]) == 24
+    attrs = {a["key"]: a["value"] for a in detail["trials"][0]["user_attrs"]}
+    assert {"allocation", "costs", "levels", "repaired"} <= set(attrs)
+    assert "transformer.h.0.heads" in attrs["allocation"]
+    study_attrs = {a["key"]: a["value"] for a in detail["user_attrs"]}
+    assert "best_heldout" in study_attrs
+
+
+@pytest.mark.slow  # a dashboard server (and a browser)
+def test_dashboard_page_renders_the_study_in_a_browser(dashboard):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's chromium for this test; it is missing")
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    base, _ = dashboard
+    studies = get(f"{base}/api/studies")["study_summaries"]
+    study_id = next(s["study_id"] for s in studies if s["study_name"] == "tiny-gpt2-half-flops")
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={os.getcwd()}/chromium-profile", "--virtual-time-budget=15000", "--dump-dom",
+         f"{base}/dashboard/studies/{study_id}"], capture_output=True, text=True, timeout=120).stdout
+    assert "tiny-gpt2-half-flops" in dom and "<div" in dom
