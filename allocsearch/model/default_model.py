@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+import transformers  # a lazy module: its model classes load on first use
 
 from .. import _io
 from .._progress import progress_bar
@@ -72,12 +72,12 @@ def train_default_model(train: torch.Tensor, config: TrainConfig, *, progress: b
     start = time.perf_counter()
     with torch_threads(config.threads):
         torch.manual_seed(config.seed)
-        model_config = GPT2Config(
+        model_config = transformers.GPT2Config(
             vocab_size=256, n_positions=config.seq_len, n_embd=config.n_embd, n_layer=config.n_layer,
             n_head=config.n_head, n_inner=config.n_inner, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
             bos_token_id=10, eos_token_id=10, loss_type="ForCausalLM",
         )
-        model = GPT2LMHeadModel(model_config)
+        model = transformers.GPT2LMHeadModel(model_config)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95),
                                       weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,

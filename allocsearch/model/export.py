@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers  # a lazy module: its model classes load on first use
 import yaml
 from safetensors.torch import load_model, save_model
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .. import _io
 from ..core.cost import CostModel
@@ -96,8 +96,8 @@ def load_pruned(directory: str | Path, *, attn_implementation: str = "sdpa") -> 
     if not meta_path.is_file():
         raise InputFileError(f"{str(directory)!r} holds no allocation.json; pass a directory written by export")
     meta = json.loads(meta_path.read_text())
-    config = AutoConfig.from_pretrained(directory)
-    auto = AutoModelForCausalLM if meta["task"] == "causal_lm" else AutoModel
+    config = transformers.AutoConfig.from_pretrained(directory)
+    auto = transformers.AutoModelForCausalLM if meta["task"] == "causal_lm" else transformers.AutoModel
     model = auto.from_config(config, attn_implementation=attn_implementation)
     if meta["granularity"] == "structured":  # give every unit its exported shape
         space = space_from_model(model, granularity="structured", space=directory / "space.yaml")

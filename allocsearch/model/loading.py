@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import torch
+import transformers  # a lazy module: its model classes load on first use
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import ModelLoadError
 from .data import ByteTokenizer
@@ -28,7 +28,7 @@ def _hub_hint(name: str) -> str:
 
 def load_config(name: str):
     try:
-        return AutoConfig.from_pretrained(name)
+        return transformers.AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model={name!r} could not be loaded: {_hub_hint(name)} ({exc.__class__.__name__})") from None
 
@@ -42,7 +42,7 @@ def load_model(name: str, *, space: str | Path | None = None, dtype: torch.dtype
     """
     config = load_config(name)
     spec = load_spec(space, config.model_type)
-    auto = AutoModelForCausalLM if spec["task"] == "causal_lm" else AutoModel
+    auto = transformers.AutoModelForCausalLM if spec["task"] == "causal_lm" else transformers.AutoModel
     try:
         model = auto.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
     except (OSError, ValueError) as exc:
@@ -56,7 +56,7 @@ def load_tokenizer(name: str):
     if (Path(name) / BYTE_TOKENIZER_FILE).is_file():
         return ByteTokenizer()
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return transformers.AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model={name!r}: its tokenizer could not be loaded ({exc.__class__.__name__}); "
                              "the directory needs the tokenizer files saved beside the model") from None
