@@ -174,27 +174,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _log_to_stderr(quiet=args.quiet, parser=parser)
+    flags = _flag_names(parser)
+    _log_to_stderr(quiet=args.quiet, flags=flags)
     commands = {"search": _search, "compare": _compare, "export": _export, "info": _info, "query": _query,
                 "frontier": _frontier, "dashboard": _dashboard}
     try:
         return commands[args.command](args)
     except AllocSearchError as exc:
-        print(f"allocsearch: error: {_as_flags(str(exc), parser)}", file=sys.stderr)
+        print(f"allocsearch: error: {_as_flags(str(exc), flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("allocsearch: interrupted; finished caches are kept and reused next time", file=sys.stderr)
         return 130
 
 
-def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
-    """The library names its parameters (`max_level=0.5`); on the command line they are flags (`--max-level 0.5`)."""
+def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's parameter name (its dest) -> its flag, over every subcommand."""
     flags = {}
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for sub in commands.choices.values():
         for action in sub._actions:
             if action.option_strings and action.dest not in flags:
                 flags[action.dest] = action.option_strings[-1]
+    return flags
+
+
+def _as_flags(message: str, flags: dict[str, str]) -> str:
+    """The library names its parameters (`max_level=0.5`); on the command line they are flags (`--max-level 0.5`)."""
     return re.sub(r"\b([a-z][a-z_]*)=(?!=)", lambda m: f"{flags[m.group(1)]} " if m.group(1) in flags
                   else m.group(0), message)
 
@@ -202,20 +208,20 @@ def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
 class _FlagFormatter(logging.Formatter):
     """Log lines as the CLI speaks: parameters named as flags."""
 
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
+    def __init__(self, flags: dict[str, str]) -> None:
         super().__init__("allocsearch: %(message)s")
-        self.parser = parser
+        self.flags = flags
 
     def format(self, record: logging.LogRecord) -> str:
-        return _as_flags(super().format(record), self.parser)
+        return _as_flags(super().format(record), self.flags)
 
 
-def _log_to_stderr(quiet: bool, parser: argparse.ArgumentParser) -> None:
+def _log_to_stderr(quiet: bool, flags: dict[str, str]) -> None:
     logger = logging.getLogger("allocsearch")
     if not logger.handlers:
         logger.addHandler(logging.StreamHandler())
     for handler in logger.handlers:
-        handler.setFormatter(_FlagFormatter(parser))
+        handler.setFormatter(_FlagFormatter(flags))
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 

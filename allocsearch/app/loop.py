@@ -42,10 +42,6 @@ class Outcome:
     searcher: Searcher
 
 
-def _counts(space) -> list[list[int]]:
-    return [list(u.counts) for u in space.units]
-
-
 def run_search(session, searcher_class: type[Searcher], *, limits: dict[str, float], seed: int, options: dict,
                runner_factory: RunnerFactory, init: np.ndarray | None = None, stops: list = (),
                checkpoint: Path | None = None, resume: bool = False, identity: str = "", batch: int = 1024,
@@ -65,7 +61,7 @@ def _loop(session, searcher: Searcher, runner: Runner, *, problem: Problem, runn
           stops: list, checkpoint: Path | None, resume: bool, identity: str, batch: int, progress: bool,
           seed: int) -> Outcome:
     history: list[dict] = []
-    rounds = [_counts(session.space)]
+    rounds = [session.space.counts]
     spent = 0.0  # seconds of earlier runs of a resumed search
     saved = checkpoints.load(checkpoint, identity) if (checkpoint is not None and resume) else None
     if saved is not None:
@@ -111,10 +107,10 @@ def _loop(session, searcher: Searcher, runner: Runner, *, problem: Problem, runn
         refined = session.space.refined(searcher.best_levels, step=searcher.refine_step)
         start = refined.level_of_counts(session.space.removed_counts(searcher.best_levels))
         log.info("round %d: grid step %.4g around the best allocation", len(rounds), searcher.refine_step)
-        session = session.on_grid(_counts(refined), refined.grid)
+        session = session.on_grid(refined.counts, refined.grid)
         _close(runner)  # its workers free their CPUs for the next round's
         runner = runner_factory(session)
-        rounds.append(_counts(refined))
+        rounds.append(refined.counts)
         searcher.rebase(problem.on(session.space, session.costs, start))
     if bar is not None:
         bar.close()

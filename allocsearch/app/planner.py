@@ -115,7 +115,7 @@ class Planner:
         if result.space.get("base_id", result.space.get("id")) != self.space.id:
             raise SpaceError(f"the result was searched on space {result.space.get('base_id')}, this planner holds "
                              f"{self.space.id}; use a planner made for the same model and space")
-        rounds = result.space.get("rounds") or [[list(u.counts) for u in self.space.units]]
+        rounds = result.space.get("rounds") or [self.space.counts]
         added = 0
         for point in result.history:
             grid = rounds[point.get("round", 0)]

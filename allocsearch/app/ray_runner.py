@@ -111,7 +111,7 @@ class RayRunner:
         self.ray_seconds = connect(workers, threads, address)  # 0 when Ray was already up
         _ = session.supernet, session.calib_pass, session.heldout_pass  # the caches, built here once; actors open them
         space = session.space
-        spec = {"config": asdict(session.config), "counts": [list(u.counts) for u in space.units],
+        spec = {"config": asdict(session.config), "counts": space.counts,
                 "grid": asdict(space.grid)}
         gpus = 1 if session.device.type == "cuda" else 0
         actor = ray.remote(_Worker).options(num_cpus=threads, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)

@@ -182,7 +182,7 @@ class Session:
         u (a coarse-to-fine round's, or a saved one). It shares the loaded model and data; the model is
         left dense first, and from then on only the new session may change it. The same grid: this
         session."""
-        if [list(u.counts) for u in self.space.units] == [list(c) for c in counts] and grid == self.space.grid:
+        if self.space.counts == [list(c) for c in counts] and grid == self.space.grid:
             return self
         if "composer" in self.__dict__:
             self.composer.apply(np.zeros(self.space.n_units, dtype=int))

@@ -201,6 +201,11 @@ class SearchSpace:
             levels.append(unit.counts.index(count))
         return np.array(levels)
 
+    @property
+    def counts(self) -> list[list[int]]:
+        """Removed groups at every level of every unit: the grid as plain data (a refined round's, a saved one)."""
+        return [list(u.counts) for u in self.units]
+
     def removed_counts(self, levels: np.ndarray) -> list[int]:
         """Removed groups per unit for an allocation: comparable across grids."""
         return [unit.counts[k] for unit, k in zip(self.units, levels)]

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from .admm import ADMM
 from .base import Refining, Resumable, Searcher
 from .proposals import DP, OWL, Uniform
-from .termination import Generations, Patience, Status
+from .termination import Limit, Status
 
 INITS = {"dp": DP, "admm": ADMM, "owl": OWL, "uniform": Uniform}
 
@@ -81,9 +81,9 @@ class Evolution(Searcher, Resumable, Refining):
         self.generation = 0  # in this round
         self.generations_done = 0  # over all rounds
         self.evaluations = 0
-        self.round_ends = [Generations(self.options.generations)]
+        self.round_ends = [Limit("generation", self.options.generations)]
         if self.options.patience is not None:
-            self.round_ends.append(Patience(self.options.patience))
+            self.round_ends.append(Limit("stalls", self.options.patience))
         self._start(problem)
 
     # -- phases -----------------------------------------------------------------------------------
