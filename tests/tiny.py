@@ -90,7 +90,7 @@ def synthetic_problem(seed: int, n_units: int = 6, budget: float = 0.5) -> Probl
     errors = np.full((n_units, width), np.inf)
     for u, unit in enumerate(units):  # increasing with the level, 0 when dense
         errors[u, : unit.n_levels] = np.cumsum(np.r_[0, rng.exponential(1, unit.n_levels - 1)]) * rng.uniform(0.1, 3)
-    return Problem(space, costs, {"flops": limit}, errors=errors, outlier_ratios=rng.uniform(0, 0.1, n_units))
+    return Problem(space, costs, {"flops": limit}, errors=errors, signals={"outlier_ratios": rng.uniform(0, 0.1, n_units)})
 
 
 def free_port() -> int:

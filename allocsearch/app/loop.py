@@ -13,12 +13,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from .._progress import progress_bar
-from ..core.problem import Problem
+from ..core.problem import SIGNALS, Problem
 from ..core.space import LevelGrid
 from ..searchers.base import Refining, Resumable, Searcher
 from ..searchers.termination import Status
@@ -48,8 +49,8 @@ def run_search(session, searcher_class: type[Searcher], *, limits: dict[str, flo
                progress: bool = True) -> Outcome:
     runner = runner_factory(session)
     # The tables are made on first read, through this runner: a searcher that reads none pays for none.
-    problem = Problem(session.space, session.costs, limits, init=init,
-                      errors=lambda: session.error_table(runner), outlier_ratios=lambda: session.outlier_ratios)
+    problem = Problem(session.space, session.costs, limits, init=init, errors=lambda: session.error_table(runner),
+                      signals={name: partial(session.signal, name) for name in SIGNALS})
     searcher = searcher_class(problem, seed=seed, **options)
     with stage(session.stages, "search", getattr(session, "device", None)):
         return _loop(session, searcher, runner, problem=problem, runner_factory=runner_factory, stops=list(stops),

@@ -53,11 +53,12 @@ class Session:
 
     # Built once per model, shared by the sessions of its other grids (`on_grid`).
     SHARED = ("cache_dir", "model_path", "device", "model", "weights_key", "tokenizer", "seq_len", "calib_tokens",
-              "heldout_tokens", "build_tokens", "calib_pass", "heldout_pass", "outlier_ratios")
+              "heldout_tokens", "build_tokens", "calib_pass", "heldout_pass")
 
     def __init__(self, config: RunConfig = RunConfig(), *, progress: bool = True) -> None:
         self.config, self.progress = config, progress
         self.stages: dict[str, dict] = {}  # stage -> {seconds, peak_mb}
+        self.signals: dict[str, np.ndarray] = {}  # name -> a measured signal, shared with `on_grid` sessions
 
     @cached_property
     def cache_dir(self) -> Path:
@@ -189,15 +190,21 @@ class Session:
         child = Session(self.config, progress=self.progress)
         child.__dict__.update({name: self.__dict__[name] for name in self.SHARED if name in self.__dict__})
         child.__dict__["space"] = self.space.with_counts(counts, grid)
-        child.stages = self.stages
+        child.stages, child.signals = self.stages, self.signals
         return child
 
-    @cached_property
-    def outlier_ratios(self) -> np.ndarray:
-        """OWL's per-block outlier ratios on the dense model.  # (blocks,)"""
-        self.composer.apply(np.zeros(self.space.n_units, dtype=int))
-        return outlier_ratios(self.model, self.space, self.calib_tokens, batch_size=self.config.batch_size,
-                              threads=self.config.threads)
+    def signal(self, name: str) -> np.ndarray:
+        """A signal of the dense model on the calibration tokens (see `allocsearch.core.problem.SIGNALS`),
+        measured on first use and kept."""
+        if name not in self.signals:
+            self.composer.apply(np.zeros(self.space.n_units, dtype=int))
+            if name == "outlier_ratios":
+                value = outlier_ratios(self.model, self.space, self.calib_tokens, batch_size=self.config.batch_size,
+                                       threads=self.config.threads)
+            else:
+                raise ConfigError(f"signal {name!r} is not measured yet")
+            self.signals[name] = value
+        return self.signals[name]
 
     @cached_property
     def evaluator(self) -> Evaluator:

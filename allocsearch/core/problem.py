@@ -1,13 +1,14 @@
 """What a searcher or solver works from: the space, its costs, the absolute limits, and tables.
 
-The error table `E[u, k]` and the per-block outlier ratios are expensive to make (a table means
-measuring candidates), so a problem may hold them as functions: each is made on first read and
+The error table `E[u, k]` and the signals of the dense model that the model-informed allocators read
+(`SIGNALS`) are expensive to make (a table means measuring candidates, a signal at least one pass
+over calibration text), so a problem may hold them as functions: each is made on first read and
 kept. A searcher that never reads one never pays for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -17,6 +18,18 @@ from .space import SearchSpace
 
 Table = np.ndarray | Callable[[], np.ndarray] | None
 
+# Signals of the dense model on calibration text, by name: what each holds, and its shape.
+SIGNALS = {
+    "outlier_ratios": "OWL: share of the block's Wanda scores |W|*||X|| above 5x their mean  # (blocks,)",
+    "zeroth_order": "ECoFLaP: sum over the block's weight matrices m and calibration batches of the "
+                    "zeroth-order directional derivative |L(W_m + eps z) - L(W_m - eps z)| / 2 eps  # (blocks,)",
+    "wifv": "FLAP: each group's (head's or channel's) fluctuation score F_j * ||W_:,j||^2 of its output "
+            "projection's input channels, standardised within the unit, a head the mean of its channels; "
+            "NaN past a unit's groups; structured spaces only  # (units, max groups)",
+    "block_angles": "CFSP: sum over calibration tokens of arccos(cos(x_in, x_out)) / pi of the block  # (blocks,)",
+    "wanda_median": "DLP: median of the block's Wanda scores |W_ij| * ||X_j||  # (blocks,)",
+}
+
 
 class Problem:
     """An allocation problem: one level per unit of `space`, every limit met.
@@ -25,36 +38,41 @@ class Problem:
         space, costs: the search space and its cost tables.
         limits: cost metric -> absolute limit.
         errors: `E[u, k]`, (units, max_levels), or a function making it.
-        outlier_ratios: OWL's per-block outlier ratios, (blocks,), or a function making them.
+        signals: name (one of `SIGNALS`) -> the signal, or a function making it.
         init: a known good allocation to start from, (units,), if any.
     """
 
     def __init__(self, space: SearchSpace, costs: CostModel, limits: dict[str, float], *, errors: Table = None,
-                 outlier_ratios: Table = None, init: np.ndarray | None = None) -> None:
+                 signals: Mapping[str, Table] | None = None, init: np.ndarray | None = None) -> None:
         self.space, self.costs, self.limits, self.init = space, costs, dict(limits), init
-        self._tables = {"errors": errors, "outlier_ratios": outlier_ratios}
+        unknown = set(signals or {}) - set(SIGNALS)
+        if unknown:
+            raise ValueError(f"signals={sorted(unknown)} are unknown; the signals are {', '.join(SIGNALS)}")
+        self._signals = dict(signals or {})
+        self._tables = {"errors": errors, **self._signals}
 
     @property
     def errors(self) -> np.ndarray:
         """The error table E[u, k].  # (units, max_levels)"""
         return self._table("errors")
 
-    @property
-    def outlier_ratios(self) -> np.ndarray:
-        """Per-block outlier ratios (OWL).  # (blocks,)"""
-        return self._table("outlier_ratios")
+    def signal(self, name: str) -> np.ndarray:
+        """The signal `name` of the dense model (see `SIGNALS`)."""
+        if name not in SIGNALS:
+            raise ValueError(f"signal {name!r} is unknown; the signals are {', '.join(SIGNALS)}")
+        return self._table(name)
 
     def _table(self, name: str) -> np.ndarray:
         value = self._tables[name]
         if value is None:
-            raise RuntimeError(f"this problem was made without {name}")
+            raise RuntimeError(f"this problem was made without {name}")  # a programming error, not a user's
         if callable(value):
             value = self._tables[name] = np.asarray(value())
         return value
 
     def on(self, space: SearchSpace, costs: CostModel, init: np.ndarray) -> Problem:
         """The same limits on another grid of the same model (coarse-to-fine), starting from `init`."""
-        return Problem(space, costs, self.limits, init=init)
+        return Problem(space, costs, self.limits, signals=self._signals, init=init)
 
     def feasible(self, levels: np.ndarray) -> bool:
         return within(self.costs, levels, self.limits)

@@ -25,7 +25,7 @@ class OWL(Proposals):
     name = "owl"
 
     def propose(self) -> list[np.ndarray]:
-        return [shaped_levels(self.problem, owl_offsets(self.problem.space, self.problem.outlier_ratios))]
+        return [shaped_levels(self.problem, owl_offsets(self.problem.space, self.problem.signal("outlier_ratios")))]
 
 
 class DP(Proposals):

@@ -55,7 +55,7 @@ def test_a_table_is_made_only_when_a_searcher_reads_it():
         return base.errors
 
     for method, reads in (("uniform", False), ("random", False), ("dp", True)):
-        problem = Problem(base.space, base.costs, base.limits, errors=errors, outlier_ratios=lambda: 1 / 0)
+        problem = Problem(base.space, base.costs, base.limits, errors=errors, signals={"outlier_ratios": lambda: 1 / 0})
         made.clear()
         get_searcher(method)(problem, seed=0)
         assert bool(made) == reads, method

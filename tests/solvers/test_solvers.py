@@ -31,7 +31,7 @@ def identical_units(n_units=6, sensitivity=None, budget=0.5) -> Problem:
     errors = rates[:, None] * fractions[None, :] ** 2
     space = SearchSpace("synthetic", "causal_lm", "structured", units, {})
     return Problem(space, costs, {"flops": budget * 100 * n_units}, errors=errors,
-                   outlier_ratios=np.linspace(0.01, 0.06, n_units))
+                   signals={"outlier_ratios": np.linspace(0.01, 0.06, n_units)})
 
 
 def test_price_allocation_is_optimal_on_convex_curves():
