@@ -22,6 +22,7 @@ from .app.search import export, search
 from .app.session import Session
 from .core.result import Result
 from .errors import AllocSearchError, ConfigError
+from .model.evaluator import DEFAULT_OBJECTIVE, OBJECTIVES
 from .searchers import QUICK, SEARCHERS
 from .searchers.optuna import default_storage, open_storage
 
@@ -52,6 +53,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pruning and data")
     g.add_argument("--criterion", choices=["magnitude", "wanda", "lsq"],
                    help="local pruning criterion (default lsq structured, wanda unstructured)")
+    tasks = {"causal_lm": "language models", "encoder": "encoders"}
+    g.add_argument("--objective", help="what fitness measures: " + "; ".join(
+        f"{', '.join(OBJECTIVES[task])} for {tasks[task]} (default {DEFAULT_OBJECTIVE[task]})" for task in OBJECTIVES))
     g.add_argument("--calib", help="calibration text, UTF-8, one document per line (default: built-in text)")
     g.add_argument("--heldout", help="held-out text, same format (default: built-in text)")
     g.add_argument("--calib-sequences", type=int, default=128, help="calibration windows that score candidates")

@@ -11,6 +11,7 @@ from allocsearch.app.config import default_cache_dir
 from . import (
     build,
     core,
+    encoder,
     evolution,
     goals,
     mainjob,
@@ -23,7 +24,7 @@ from . import (
 
 PARTS = {"mainjob": mainjob, "tables": tables, "build": build, "core": core, "quality": quality,
          "evolution": evolution, "study": study, "solvers": solvers, "parallel": parallel,
-         "goals": goals}  # goals last: it reads what the others wrote
+         "encoder": encoder, "goals": goals}  # goals last: it reads what the others wrote
 
 
 def main() -> None:

@@ -78,6 +78,9 @@ def run_cli(*args, cwd=None):
     (["--budget", "flops=0.01"], "below the smallest reachable cost"),
     (["--budget", "flops=0.5", "--generations", "3", "--warm-start", "dp"],
      "--generations, --warm-start do not apply to --method dp"),
+    (["--budget", "flops=0.5", "--objective", "mse"], "--objective 'mse' is not an objective of any model"),
+    (["--budget", "flops=0.5", "--objective", "pooled"],
+     "--objective 'pooled' is not an objective of a language model; choose one of kl, topk_kl"),
 ])
 def test_user_errors_exit_2_with_one_line(args, message, model_dirs, cache_dir, tmp_path):
     done = run_cli("search", *args, *tiny_args(model_dirs, cache_dir), "--out", str(tmp_path / "r.json"), cwd=tmp_path)

@@ -68,7 +68,7 @@ def tiny_args(model_dirs, cache_dir, family="gpt2"):
 
 
 def synthetic_problem(seed: int, n_units: int = 6, budget: float = 0.5) -> Problem:
-    """Units with random level counts and random decreasing costs; no model needed."""
+    """Units with random level counts and random decreasing costs, and every signal; no model needed."""
     rng = np.random.default_rng(seed)
     units, width = [], 0
     for u in range(n_units):
@@ -90,7 +90,14 @@ def synthetic_problem(seed: int, n_units: int = 6, budget: float = 0.5) -> Probl
     errors = np.full((n_units, width), np.inf)
     for u, unit in enumerate(units):  # increasing with the level, 0 when dense
         errors[u, : unit.n_levels] = np.cumsum(np.r_[0, rng.exponential(1, unit.n_levels - 1)]) * rng.uniform(0.1, 3)
-    return Problem(space, costs, {"flops": limit}, errors=errors, signals={"outlier_ratios": rng.uniform(0, 0.1, n_units)})
+    signals = {"outlier_ratios": rng.uniform(0, 0.1, n_units),  # per block: each unit is its own block
+               "zeroth_order": rng.uniform(0.1, 2, n_units), "block_angles": rng.uniform(0.05, 0.5, n_units),
+               "wanda_median": rng.uniform(0.01, 1, n_units),
+               "wifv": np.full((n_units, max(u.groups for u in units)), np.nan)}  # NaN past a unit's groups
+    for u, unit in enumerate(units):  # standardised within the unit, as FLAP's scores
+        z = rng.standard_normal(unit.groups)
+        signals["wifv"][u, : unit.groups] = (z - z.mean()) / z.std()
+    return Problem(space, costs, {"flops": limit}, errors=errors, signals=signals)
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ import torch
 from ..core.space import LevelGrid
 from ..errors import ConfigError
 from ..model._torch import available_cores
-from ..model.evaluator import EvaluatorConfig
+from ..model.evaluator import EvaluatorConfig, check_objective
 from ..model.supernet import SupernetConfig
 from .tables import check_table
 
@@ -48,6 +48,9 @@ class RunConfig:
         calib_from: None feeds each block dense activations while building the cache; a fraction
             feeds it those of the model pruned uniformly at that level.
         damp: damping of the least-squares refit.
+        objective: what fitness measures: `kl` or `topk_kl` for language models, `nmse`, `pooled` or
+            `cls` for encoders (see `allocsearch.model.evaluator`); None: the task's default
+            (`DEFAULT_OBJECTIVE`).
         table: the error table dp, admm and the Planner read: `exact`, `fast` or `proxy` (see
             `allocsearch.tables`).
         table_fidelity: the share of calibration batches a `fast` or `proxy` table's measured cells
@@ -78,6 +81,7 @@ class RunConfig:
     build_sequences: int | None = None
     calib_from: float | None = None
     damp: float = 0.01
+    objective: str | None = None
     table: str = "proxy"
     table_fidelity: float = 1 / 16
     threads: int | None = None
@@ -101,6 +105,7 @@ class RunConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name}={value!r} must be a positive integer, or None for the default")
         check_table(self.table, self.table_fidelity)
+        check_objective(self.objective)  # against every task's; the Session checks the model's task
         self.grid()  # checks the grid fields
 
     def grid(self) -> LevelGrid:
@@ -116,7 +121,7 @@ class RunConfig:
                               batch_size=self.batch_size, threads=self.threads)
 
     def evaluator_config(self) -> EvaluatorConfig:
-        return EvaluatorConfig(threads=self.threads)
+        return EvaluatorConfig(threads=self.threads, objective=self.objective, topk=self.topk)
 
 
 BUILD_TOKENS_PER_INPUT = 16

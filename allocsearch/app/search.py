@@ -85,7 +85,7 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
     elif hasattr(runner, "evaluate"):
         if method_options.get("rounds", 1) > 1:
             raise ConfigError("a search over refined grids (rounds > 1) needs runner= as a function of the session")
-        factory = lambda s: runner  # noqa: E731
+        factory = lambda s: runner
     else:
         factory = runner
     stops = {"max_evaluations": max_evaluations, "max_seconds": max_seconds}
@@ -104,7 +104,8 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
         raise RuntimeError(f"searcher {method} returned an allocation outside the limits")
     with stage(session.stages, "heldout", session.device):
         result = make_result(final, method, budget, outcome.levels, outcome.fitness, seed, outcome.history,
-                             time.perf_counter() - start, base=session, rounds=outcome.rounds, options=method_options)
+                             time.perf_counter() - start, base=session, rounds=outcome.rounds, options=method_options,
+                             details=outcome.searcher.summary())
     result.stages = dict(session.stages)
     outcome.searcher.finish(result)
     if out is not None:
@@ -144,9 +145,10 @@ def export(result: Result | str | Path, out_dir: str | Path, *, model: str | Non
 
 def make_result(session: Session, method: str, budget: Budget, levels: np.ndarray, fitness: float, seed: int,
                 history: list[dict], seconds: float, *, base: Session | None = None,
-                rounds: list | None = None, options: dict | None = None) -> Result:
+                rounds: list | None = None, options: dict | None = None, details: dict | None = None) -> Result:
     """The result of `levels` on `session`; `base` is the session the search began on, when a later
-    round moved to a refined grid (`rounds` lists every round's grid)."""
+    round moved to a refined grid (`rounds` lists every round's grid); `details` is the searcher's
+    `summary()`."""
     space, costs, evaluator = session.space, session.costs, session.evaluator
     summary = {k: v for k, v in space.to_dict().items() if k != "spec"}
     summary["base_id"] = (base or session).space.id
@@ -162,7 +164,7 @@ def make_result(session: Session, method: str, budget: Budget, levels: np.ndarra
         levels=space.levels_dict(levels), cost=cost, fitness=float(fitness), heldout=held.score,
         heldout_fitness=held.fitness, dense_heldout=evaluator.dense_heldout, seed=seed, evaluations=len(history),
         config=asdict(session.config), space=summary, seconds=round(seconds, 2), history=history,
-        options=dict(options or {}),
+        options=dict(options or {}), details=dict(details or {}),
     )
 
 

@@ -26,10 +26,18 @@ from ..model.compose import Composer
 from ..model.data import builtin_documents, read_documents, token_windows
 from ..model.default_model import default_model_dir
 from ..model.dense import DensePass
-from ..model.evaluator import Evaluator
+from ..model.evaluator import Evaluator, check_objective
 from ..model.export import write_pruned
 from ..model.loading import load_model, load_tokenizer
-from ..model.outliers import outlier_ratios
+from ..model.signals import (
+    block_angles,
+    layer_inputs,
+    outlier_ratios,
+    require_structured,
+    wanda_median,
+    wifv,
+    zeroth_order,
+)
 from ..model.supernet import Supernet
 from .config import BUILD_TOKENS_PER_INPUT, DTYPES, RunConfig, default_cache_dir
 from .runners import InProcessRunner, Runner
@@ -195,15 +203,33 @@ class Session:
 
     def signal(self, name: str) -> np.ndarray:
         """A signal of the dense model on the calibration tokens (see `allocsearch.core.problem.SIGNALS`),
-        measured on first use and kept."""
+        measured on first use and kept.
+
+        One pass of layer-input statistics gives `outlier_ratios`, `wanda_median` and (structured
+        spaces) `wifv` together; `zeroth_order` runs on the first max(1, ceil(0.125 x calibration
+        batches)) batches of the calibration pass.
+        """
         if name not in self.signals:
             self.composer.apply(np.zeros(self.space.n_units, dtype=int))
-            if name == "outlier_ratios":
-                value = outlier_ratios(self.model, self.space, self.calib_tokens, batch_size=self.config.batch_size,
-                                       threads=self.config.threads)
+            model, space, tokens, threads = self.model, self.space, self.calib_tokens, self.config.threads
+            if name in ("outlier_ratios", "wanda_median", "wifv"):
+                if name == "wifv":
+                    require_structured(space)
+                stats = layer_inputs(model, space, tokens, batch_size=self.config.batch_size, threads=threads)
+                self.signals["outlier_ratios"] = outlier_ratios(model, space, stats)
+                self.signals["wanda_median"] = wanda_median(model, space, stats)
+                if space.granularity == "structured":
+                    self.signals["wifv"] = wifv(model, space, stats)
+            elif name == "block_angles":
+                self.signals[name] = block_angles(model, space, tokens, batch_size=self.config.batch_size,
+                                                  threads=threads)
+            elif name == "zeroth_order":
+                batches = max(1, math.ceil(0.125 * self.calib_pass.n_batches))
+                self.signals[name] = zeroth_order(model, space, tokens, self.calib_pass, batches=batches,
+                                                  threads=threads)
             else:
-                raise ConfigError(f"signal {name!r} is not measured yet")
-            self.signals[name] = value
+                raise ConfigError(f"signal {name!r} is unknown; the signals are outlier_ratios, wanda_median, "
+                                  "wifv, block_angles and zeroth_order")
         return self.signals[name]
 
     @cached_property
@@ -216,9 +242,11 @@ class Session:
         return write_pruned(self.composer, self.costs, self.tokenizer, levels, out_dir, result)
 
     def table_key(self) -> str:
-        """What an error table depends on: the supernet, the calibration pass, the kind and its fidelity."""
+        """What an error table depends on: the supernet, the calibration pass, the kind, its fidelity and
+        the objective its cells measure."""
         kind, fidelity = self.config.table, self.config.table_fidelity
-        parts = [self.supernet.key, self.calib_pass.manifest["key"], kind, None if kind == "exact" else fidelity]
+        parts = [self.supernet.key, self.calib_pass.manifest["key"], kind, None if kind == "exact" else fidelity,
+                 check_objective(self.config.objective, self.space.task)]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def error_table(self, runner: Runner | None = None) -> np.ndarray:

@@ -26,7 +26,7 @@ SIGNALS = {
     "wifv": "FLAP: each group's (head's or channel's) fluctuation score F_j * ||W_:,j||^2 of its output "
             "projection's input channels, standardised within the unit, a head the mean of its channels; "
             "NaN past a unit's groups; structured spaces only  # (units, max groups)",
-    "block_angles": "CFSP: sum over calibration tokens of arccos(cos(x_in, x_out)) / pi of the block  # (blocks,)",
+    "block_angles": "CFSP: mean over calibration tokens of arccos(cos(x_in, x_out)) / pi of the block  # (blocks,)",
     "wanda_median": "DLP: median of the block's Wanda scores |W_ij| * ||X_j||  # (blocks,)",
 }
 

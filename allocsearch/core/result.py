@@ -16,11 +16,13 @@ class Result:
 
     `allocation` maps unit names to removed fractions, `levels` to level indices; `cost` has
     `flops` (per token at `seq_len`), `params`, `bytes` and their ratios to dense; `fitness` is the
-    calibration distortion (KL to dense for language models, NMSE for encoders; lower is better),
-    `heldout_fitness` the same distortion on held-out tokens (far above `fitness`: the search fit its
-    calibration text), `heldout` the held-out score (perplexity for language models, embedding cosine
-    for encoders) and `dense_heldout` the dense model's. `config` and `seed` reproduce the run;
-    `history` lists every evaluated candidate; `stages` the seconds and peak memory (MB) of each stage.
+    calibration distortion the run's objective measures (`config["objective"]`, None for the task's
+    default: KL to dense or top-k KL for language models, NMSE or 1 - cosine of pooled or first-position
+    embeddings for encoders; lower is better), `heldout_fitness` the same objective on held-out tokens
+    (far above `fitness`: the search fit its calibration text), `heldout` the held-out score
+    (perplexity for language models, the cosine of mean-pooled embeddings for encoders) and `dense_heldout` the dense model's. `config` and `seed` reproduce the run;
+    `history` lists every evaluated candidate; `stages` the seconds and peak memory (MB) of each stage;
+    `details` what the searcher reports of itself (`Searcher.summary()`).
     """
 
     method: str
@@ -40,6 +42,7 @@ class Result:
     options: dict = field(default_factory=dict)  # the searcher's own options
     heldout_fitness: float | None = None
     stages: dict = field(default_factory=dict)  # stage -> {seconds, peak_mb}
+    details: dict = field(default_factory=dict)  # the searcher's summary(): e.g. a predictor's rank correlation
 
     def save(self, path: str | Path) -> None:
         """Write atomically as JSON."""

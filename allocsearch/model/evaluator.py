@@ -1,11 +1,18 @@
 """Scoring candidates against the dense model.
 
-- fitness (lower is better), on calibration tokens: KL(dense || candidate) per token for language
-  models; ||h - h_dense||^2 / ||h_dense||^2 of the final hidden states for encoders.
-- held-out scores, on held-out tokens: the same distortion (KL or NMSE), and perplexity for
-  language models (lower is better) or the mean cosine of mean-pooled embeddings to the dense
-  model's for encoders (higher is better). Calibration and held-out distortion side by side show
-  how much a search fits its calibration text.
+- fitness (lower is better), on calibration tokens: the run's objective (`OBJECTIVES`), a distortion
+  to the dense model. Language models: `kl`, KL(dense || candidate) per token over next-token
+  distributions, or `topk_kl`, the same KL over the dense model's top-k tokens only, both distributions
+  renormalised over them. Encoders: `nmse`, ||h - h_dense||^2 / ||h_dense||^2 of the final hidden
+  states; `pooled`, 1 - cosine of mean-pooled embeddings; `cls`, 1 - cosine of the first position's
+  final state. The task's default is `DEFAULT_OBJECTIVE`, measured by `python -m benchmarks encoder`.
+- held-out scores, on held-out tokens: the same objective, and perplexity for language models
+  (lower is better) or the mean cosine of mean-pooled embeddings to the dense model's for encoders
+  (higher is better). Calibration and held-out distortion side by side show how much a search fits
+  its calibration text.
+
+Every objective is a sum over a batch and a weight (tokens, squared norms or sequences), so batches
+add up: a fidelity's value is the summed sums over the summed weights of its batches.
 
 The dense model's pass over the calibration tokens is computed once (`DensePass`): its reference
 scores and the input of every block. A candidate runs from its first pruned block only, on the
@@ -38,6 +45,32 @@ from .compose import Composer
 from .dense import DensePass, kl_to_reference, next_tokens, token_chunks
 
 MEMO_ENTRIES = 200_000  # remembered batch scores
+OBJECTIVES = {"causal_lm": ("kl", "topk_kl"), "encoder": ("nmse", "pooled", "cls")}
+# Each task's default: the objective whose best allocation scored best held-out in `python -m benchmarks
+# encoder` (BENCHMARKS.md, "Objectives"; structured lsq, uniform/admm/dp). all-MiniLM-L6-v2, best held-out
+# 1 - pooled cosine at flops=0.5 / 0.6: cls 0.117 / 0.084, pooled 0.121 / 0.081, nmse 0.122 / 0.089.
+# The default LM (a 256-token vocabulary, so top-256 is every token): kl and topk_kl tie at ppl 7.970.
+DEFAULT_OBJECTIVE = {"causal_lm": "kl", "encoder": "cls"}
+TOPK = 256  # the top-k of `topk_kl` where the reference keeps every probability and no topk is given
+
+
+def check_objective(objective: str | None, task: str | None = None) -> str | None:
+    """The objective a run of `task` minimises: `objective`, or the task's default when it is None.
+
+    Without a task (before the model is loaded) the name is checked against every task's objectives.
+
+    Raises:
+        ConfigError: `objective` is not one of the task's (or of any task's) objectives.
+    """
+    choices = OBJECTIVES[task] if task is not None else tuple(o for names in OBJECTIVES.values() for o in names)
+    if objective is None:
+        return DEFAULT_OBJECTIVE[task] if task is not None else None
+    if objective not in choices:
+        kind = {"causal_lm": "a language model", "encoder": "an encoder"}.get(task, "any model")
+        defaults = ", ".join(f"{name} for {t}" for t, name in DEFAULT_OBJECTIVE.items())
+        raise ConfigError(f"objective={objective!r} is not an objective of {kind}; choose one of "
+                          f"{', '.join(choices)}, or None for the task's default ({defaults})")
+    return objective
 
 
 @dataclass(frozen=True)
@@ -46,17 +79,22 @@ class EvaluatorConfig:
         threads: torch threads for every forward.
         anchor_memory: bytes of block inputs kept for the best full-fidelity candidate; None: a quarter
             of the model's weights.
+        objective: what fitness measures (`OBJECTIVES` of the model's task); None: `DEFAULT_OBJECTIVE`.
+        topk: the tokens `topk_kl` keeps where the reference holds the whole distribution (a small
+            vocabulary); None: 256. Elsewhere it keeps the reference's own top-k.
     """
 
     threads: int = 1
     anchor_memory: int | None = None
+    objective: str | None = None
+    topk: int | None = None
 
 
 @dataclass(frozen=True)
 class HeldOut:
-    """Held-out scores of one allocation: `score` is perplexity (language models) or embedding cosine
-    to dense (encoders); `fitness` the distortion to dense on held-out tokens (KL or NMSE), and
-    `batches` that distortion on each held-out batch (its spread is the held-out score's noise)."""
+    """Held-out scores of one allocation: `score` is perplexity (language models) or the mean cosine of
+    mean-pooled embeddings to dense (encoders); `fitness` the run's objective on held-out tokens, and
+    `batches` that objective on each held-out batch (its spread is the held-out score's noise)."""
 
     score: float
     fitness: float
@@ -77,9 +115,9 @@ class Evaluator:
     For example::
 
         evaluator = Evaluator(composer, calib_pass, calib_tokens, heldout_pass, heldout_tokens)
-        evaluator.fitness(levels)           # KL to the dense model, per token
+        evaluator.fitness(levels)           # the objective (default: KL to the dense model, per token)
         # 0.0412
-        evaluator.heldout(levels)           # held-out perplexity and KL
+        evaluator.heldout(levels)           # held-out perplexity and objective
         # HeldOut(score=6.31, fitness=0.0433)
     """
 
@@ -90,6 +128,7 @@ class Evaluator:
         self.space, self.model = composer.space, composer.model
         self.blockwise = Blockwise(self.model, self.space)
         self.task = self.space.task
+        self.objective = check_objective(config.objective, self.task)
         self.calib_pass, self.heldout_pass = calib_pass, heldout_pass
         self.calib, self.heldout_tokens = calib, heldout
         self.batch_size = calib_pass.batch_size
@@ -177,12 +216,18 @@ class Evaluator:
         hidden = self.blockwise.final(self.blockwise.run(hidden, inputs, begin, states=states))
         if states is not None:
             record.states[i] = states
-        reference = self.calib_pass.reference(i)
+        return self._distortion(hidden, self.calib_pass.reference(i), batch)[:2]
+
+    def _distortion(self, hidden: torch.Tensor, reference: dict, batch: torch.Tensor) -> tuple[float, float, float]:
+        """(summed objective, its weight, the held-out score's sum) of one batch's final hidden states:
+        summed next-token negative log-likelihood (language models) or 1 - pooled cosine (encoders)."""
         if self.task == "causal_lm":
-            kl, count, _ = self._lm_scores(hidden, reference, None)
-            return kl, count
+            return self._lm_scores(hidden, reference, batch)
         ref = reference["hidden"].to(hidden.device)
-        return float(((hidden.float() - ref) ** 2).double().sum()), float((ref.double() ** 2).sum())
+        mask = torch.ones(batch.shape, device=hidden.device)  # token_windows fills every window with text
+        value, weight = encoder_distortion(self.objective, hidden, ref, mask)
+        cosine_loss = value if self.objective == "pooled" else encoder_distortion("pooled", hidden, ref, mask)[0]
+        return value, weight, cosine_loss
 
     def _start_state(self, levels: np.ndarray, i: int, start: int, inputs) -> tuple[torch.Tensor, int]:
         """Where batch i of the candidate starts: the anchor's input of the first block where they
@@ -201,21 +246,23 @@ class Evaluator:
         hidden = self.blockwise.embed_width * batch.numel() * self._state_bytes
         return (i + 1) * (self.blockwise.n_blocks - start) * hidden <= self._anchor_bytes
 
-    def _lm_scores(self, hidden: torch.Tensor, reference: dict, batch: torch.Tensor | None) -> tuple[float, int, float]:
-        """KL to the reference summed over positions, the number of positions, and with `batch` the
-        summed negative log-likelihood of its next tokens; the head runs on chunks of positions."""
+    def _lm_scores(self, hidden: torch.Tensor, reference: dict, batch: torch.Tensor) -> tuple[float, int, float]:
+        """The objective summed over positions, the number of positions, and the summed negative
+        log-likelihood of the batch's next tokens; the head runs on chunks of positions."""
         flat = hidden.reshape(-1, hidden.shape[-1])  # (tokens, hidden)
-        targets = next_tokens(batch).to(flat.device) if batch is not None else None
-        kl = nll = 0.0
+        targets = next_tokens(batch).to(flat.device)  # (tokens,)
+        distortion = nll = 0.0
         for chunk in token_chunks(len(flat), self.blockwise.head.out_features):
-            logq = torch.log_softmax(self.blockwise.head(flat[chunk]).float(), -1)
+            logq = torch.log_softmax(self.blockwise.head(flat[chunk]).float(), -1)  # (chunk, vocab)
             part = {name: r[chunk].to(logq.device) for name, r in reference.items()}
-            kl += float(kl_to_reference(part, logq).double().sum())
-            if targets is not None:
-                target = targets[chunk]
-                known = target >= 0
-                nll -= float(logq[known].gather(-1, target[known][:, None]).double().sum())
-        return kl, len(flat), nll
+            if self.objective == "kl":
+                distortion += float(kl_to_reference(part, logq).double().sum())
+            else:
+                distortion += float(topk_kl(part, logq, self.config.topk or TOPK).double().sum())
+            target = targets[chunk]
+            known = target >= 0
+            nll -= float(logq[known].gather(-1, target[known][:, None]).double().sum())
+        return distortion, len(flat), nll
 
     def heldout(self, levels: np.ndarray) -> HeldOut:
         """Held-out scores of the allocation (see `HeldOut`); the last one is remembered."""
@@ -233,23 +280,46 @@ class Evaluator:
             for i, batch in enumerate(self.heldout_tokens.split(self.batch_size)):
                 inputs = self.blockwise.embed(batch)
                 hidden = self.blockwise.final(self.blockwise.run(inputs.hidden, inputs, 0))
-                reference = self.heldout_pass.reference(i)
-                if lm:
-                    part, part_weight, nll = self._lm_scores(hidden, reference, batch)
-                    score, count = score + nll, count + int((next_tokens(batch) >= 0).sum())
-                else:
-                    ref = reference["hidden"].to(hidden.device)
-                    part = float(((hidden.float() - ref) ** 2).double().sum())
-                    part_weight = float((ref.double() ** 2).sum())
-                    cosine = torch.cosine_similarity(_pooled(hidden), _pooled(ref), dim=-1)
-                    score, count = score + float(cosine.double().sum()), count + len(batch)
+                part, part_weight, loss = self._distortion(hidden, self.heldout_pass.reference(i), batch)
+                score += loss  # summed negative log-likelihood, or summed 1 - pooled cosine
+                count += int((next_tokens(batch) >= 0).sum()) if lm else len(batch)
                 distortion, weight = distortion + part, weight + part_weight
                 per_batch.append(part / part_weight)
-        held = HeldOut(math.exp(score / count) if lm else score / count, distortion / weight, tuple(per_batch))
+        held = HeldOut(math.exp(score / count) if lm else 1 - score / count, distortion / weight, tuple(per_batch))
         self._held = (levels.tobytes(), held)
         return held
 
 
-def _pooled(hidden: torch.Tensor) -> torch.Tensor:
-    """Mean over positions.  # (batch, hidden)"""
-    return hidden.float().mean(1)
+def topk_kl(reference: dict[str, torch.Tensor], logq: torch.Tensor, k: int) -> torch.Tensor:
+    """KL(dense || candidate) over the dense model's top-k tokens, both distributions renormalised over
+    them: the reference's own top-k, or the top `k` where it keeps every probability.  # (tokens,)"""
+    if "logp" in reference:
+        values, index = reference["logp"].topk(min(k, reference["logp"].shape[-1]), dim=-1)  # (tokens, k)
+    else:
+        values, index = reference["values"], reference["index"].long()  # (tokens, k)
+    logp = values - values.logsumexp(-1, keepdim=True)  # (tokens, k)
+    logq_top = logq.gather(-1, index)
+    logq_top = logq_top - logq_top.logsumexp(-1, keepdim=True)  # (tokens, k)
+    return (logp.exp() * (logp - logq_top)).sum(-1)
+
+
+def encoder_distortion(objective: str, hidden: torch.Tensor, reference: torch.Tensor,
+                       mask: torch.Tensor) -> tuple[float, float]:
+    """(summed distortion, its weight) of one batch's final hidden states `hidden` (batch, seq, width)
+    to the dense model's `reference`: squared error over squared norm (`nmse`), or 1 - cosine summed
+    over sequences and their count (`pooled`: of embeddings mean-pooled over `mask`; `cls`: of the
+    first position's states)."""
+    hidden = hidden.float()
+    if objective == "nmse":
+        return float(((hidden - reference) ** 2).double().sum()), float((reference.double() ** 2).sum())
+    if objective == "pooled":
+        a, b = pooled(hidden, mask), pooled(reference, mask)  # (batch, width)
+    else:
+        a, b = hidden[:, 0], reference[:, 0]  # (batch, width)
+    return float((1 - torch.cosine_similarity(a, b, dim=-1)).double().sum()), float(len(hidden))
+
+
+def pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions where the attention mask (batch, seq) is 1.  # (batch, width)"""
+    weights = mask.to(torch.float32)[..., None]  # (batch, seq, 1)
+    return (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)

@@ -7,11 +7,23 @@ from .admm import ADMM
 from .base import Proposals, Refining, Resumable, Searcher
 from .evolution import Evolution, EvolutionOptions
 from .optuna import OptunaStudy, StudyOptions
-from .proposals import DP, OWL, Uniform
+from .proposals import (
+    CFSP,
+    DLP,
+    DP,
+    FLAP,
+    OWL,
+    DLPOptions,
+    ECoFLaP,
+    ECoFLaPOptions,
+    Uniform,
+)
 from .random import RandomSearch
+from .spdy import SPDY, SPDYOptions
 
 SEARCHERS: dict[str, type[Searcher]] = {
-    cls.name: cls for cls in (Uniform, OWL, ADMM, DP, Evolution, OptunaStudy, RandomSearch)
+    cls.name: cls for cls in (Uniform, OWL, ADMM, DP, Evolution, OptunaStudy, RandomSearch, SPDY,
+                             ECoFLaP, FLAP, CFSP, DLP)
 }
 QUICK = ("uniform", "owl", "admm", "dp")  # methods that take seconds: one evaluation, or a few
 
@@ -22,5 +34,29 @@ def get_searcher(method: str) -> type[Searcher]:
     return SEARCHERS[method]
 
 
-__all__ = ["ADMM", "DP", "OWL", "Evolution", "EvolutionOptions", "OptunaStudy", "Proposals", "QUICK", "RandomSearch", "Refining",
-           "Resumable", "SEARCHERS", "Searcher", "StudyOptions", "Uniform", "get_searcher"]
+__all__ = [
+    "ADMM",
+    "CFSP",
+    "DLP",
+    "DP",
+    "FLAP",
+    "OWL",
+    "QUICK",
+    "SEARCHERS",
+    "SPDY",
+    "DLPOptions",
+    "ECoFLaP",
+    "ECoFLaPOptions",
+    "Evolution",
+    "EvolutionOptions",
+    "OptunaStudy",
+    "Proposals",
+    "RandomSearch",
+    "Refining",
+    "Resumable",
+    "SPDYOptions",
+    "Searcher",
+    "StudyOptions",
+    "Uniform",
+    "get_searcher",
+]

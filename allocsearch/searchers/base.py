@@ -6,7 +6,8 @@ anything itself: the search loop sends what it asks to a Runner, scored on the s
 `fidelity`, and tells it the fitnesses, in order. Every allocation it proposes meets every limit.
 
 The contract: `done` (reading it changes nothing), `ask(n)` (at most `n` allocations), `tell`,
-`fidelity`, `best_levels` / `best_fitness`, `progress()` for a progress bar and `finish(result)`.
+`fidelity`, `best_levels` / `best_fitness`, `progress()` for a progress bar, `summary()` for the result's
+`details`, and `finish(result)`.
 Two capabilities, each a small base class the loop looks for:
 
 - `Resumable`: `at_boundary`, `state()`, `load_state()`: checkpoints between generations.
@@ -74,6 +75,11 @@ class Searcher(ABC):
         """(steps done, steps planned, figures to show) for a progress bar, or None."""
         return None
 
+    def summary(self) -> dict:
+        """JSON figures of the search itself, saved in the result's `details` (a predictor's rank
+        correlation, what spdy did); empty by default."""
+        return {}
+
     def finish(self, result: Result) -> None:
         """Called once with the result, its held-out score measured (a study records it on itself)."""
 
@@ -108,8 +114,8 @@ class Refining(ABC):
 class Proposals(Searcher):
     """A searcher that proposes a fixed list of allocations once and keeps the best measured."""
 
-    def __init__(self, problem: Problem, *, seed: int) -> None:
-        super().__init__(problem, seed=seed)
+    def __init__(self, problem: Problem, *, seed: int, **options) -> None:
+        super().__init__(problem, seed=seed, **options)
         self._pending = distinct(self.propose())
 
     @abstractmethod

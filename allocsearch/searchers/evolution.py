@@ -9,6 +9,12 @@
 - Multi-step selection: every child is scored on the first `fidelities[0]` share of the calibration
   tokens, the best `survivors[0]` go on to `fidelities[1]`, and so on; the last stage is at full
   fidelity and its best replaces the parent only if strictly better (the parent competes there).
+- Predictor (`predictor` rbf or gp, see `surrogate`; AMQ's idea): once it has fitted
+  `surrogate.MIN_POINTS` full-fidelity measurements, a generation draws `screen * offspring`
+  children by the same mutation, predicts their fitness and keeps the best `offspring` by prediction
+  for the first selection stage; the others are never measured ("screened out", counted) and may be
+  drawn again later. Only full-fidelity scores fit the predictor; its rank correlation pairs each
+  kept child's prediction with its first-stage score, and is logged every generation.
 - Rounds (Tyr's coarse-to-fine): when a round stops (`generations`, or `patience` generations
   without improvement) and `rounds` remain, the searcher asks for a grid half as fine around its best
   allocation (`refine_step`); the search loop rebuilds the cache on it and continues from there.
@@ -19,6 +25,7 @@ All randomness comes from the searcher's one generator, so a seed fixes the sequ
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -28,8 +35,10 @@ from ..errors import ConfigError
 from .admm import ADMM
 from .base import Refining, Resumable, Searcher
 from .proposals import DP, OWL, Uniform
+from .surrogate import Surrogate, check_predictor, features, screening_summary
 from .termination import Limit, Status
 
+log = logging.getLogger(__name__)
 INITS = {"dp": DP, "admm": ADMM, "owl": OWL, "uniform": Uniform}
 
 
@@ -51,6 +60,8 @@ class EvolutionOptions:
         "share of calibration tokens of each selection stage, increasing to 1"))
     survivors: tuple[int, ...] = field(default=(8, 2, 1), metadata=_flag("children kept after each stage, "
                                                                          "ending with 1"))
+    predictor: str = field(default="none", metadata=_flag("screen children by predicted fitness: none, rbf, gp"))
+    screen: int = field(default=4, metadata=_flag("with a predictor, children drawn per child measured"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fidelities", tuple(float(f) for f in self.fidelities))
@@ -67,6 +78,7 @@ class EvolutionOptions:
                               "gives the number kept after each")
         if s[-1] != 1 or any(b > a for a, b in zip(s, s[1:])) or s[0] < 1:
             raise ConfigError(f"survivors={s} must not increase and must end with 1")
+        check_predictor(self.predictor, self.screen)
 
 
 class Evolution(Searcher, Resumable, Refining):
@@ -81,6 +93,7 @@ class Evolution(Searcher, Resumable, Refining):
         self.generation = 0  # in this round
         self.generations_done = 0  # over all rounds
         self.evaluations = 0
+        self.surrogate = None if self.options.predictor == "none" else Surrogate(self.options.predictor)
         self.round_ends = [Limit("generation", self.options.generations)]
         if self.options.patience is not None:
             self.round_ends.append(Limit("stalls", self.options.patience))
@@ -100,6 +113,7 @@ class Evolution(Searcher, Resumable, Refining):
         self._pool: list[np.ndarray] = []
         self._pending: list[np.ndarray] = []
         self._scores: dict[bytes, float] = {}
+        self._predicted: dict[bytes, float] = {}  # kept child -> its prediction, until its first score
         if problem.init is not None:
             self._inner = None
             self._pending = [np.asarray(problem.init, dtype=np.int64)]
@@ -130,6 +144,9 @@ class Evolution(Searcher, Resumable, Refining):
         return self.generations_done, total, {"best": f"{self.best_fitness:.5g}", "evals": self.evaluations,
                                               "round": self.round}
 
+    def summary(self) -> dict:
+        return screening_summary(self.surrogate)
+
     # -- ask / tell ---------------------------------------------------------------------------------
 
     def ask(self, n: int) -> list[np.ndarray]:
@@ -147,6 +164,8 @@ class Evolution(Searcher, Resumable, Refining):
     def tell(self, allocations: list[np.ndarray], fitnesses: list[float]) -> None:
         if self.fidelity == 1.0:  # scores on fewer tokens are not comparable: they never make the best
             super().tell(allocations, fitnesses)
+            if self.surrogate is not None:
+                self.surrogate.add(features(self.problem.space, allocations), fitnesses)
         self.evaluations += len(allocations)
         if self.phase == "init":
             if self._inner is not None:
@@ -162,7 +181,10 @@ class Evolution(Searcher, Resumable, Refining):
                 self.phase = "evolve"
             return
         for levels, fitness in zip(allocations, fitnesses):
-            self._scores[np.asarray(levels, dtype=np.int64).tobytes()] = float(fitness)
+            key = np.asarray(levels, dtype=np.int64).tobytes()
+            self._scores[key] = float(fitness)
+            if key in self._predicted:
+                self.surrogate.record(self._predicted.pop(key), fitness)
         if self._pending or len(self._scores) < len(self._pool):
             return
         ranked = sorted(self._pool, key=lambda c: self._scores[c.tobytes()])  # stable: ties keep order
@@ -180,6 +202,9 @@ class Evolution(Searcher, Resumable, Refining):
         self._pool, self._scores, self.stage = [], {}, 0
         self.generation += 1
         self.generations_done += 1
+        if self.surrogate is not None:
+            log.info("generation %d: predictor %s %s, %d screened out", self.generations_done,
+                     self.options.predictor, self.surrogate.correlation(), self.surrogate.screened_out)
         self._after_generation()
 
     def _after_generation(self) -> None:
@@ -222,16 +247,30 @@ class Evolution(Searcher, Resumable, Refining):
         return child
 
     def _offspring(self) -> list[np.ndarray]:
+        """`offspring` unseen children; with a ready predictor, the best by prediction of `screen` times as many."""
+        screening = self.surrogate is not None and self.surrogate.ready
+        wanted = self.options.offspring * (self.options.screen if screening else 1)
         children: list[np.ndarray] = []
-        for _ in range(10 * self.options.offspring):  # small spaces run out of unseen neighbours
-            if len(children) == self.options.offspring:
+        for _ in range(10 * wanted):  # small spaces run out of unseen neighbours
+            if len(children) == wanted:
                 break
             child = self._mutate(self.parent)
             key = child.tobytes()
             if key not in self._seen:
                 self._seen.add(key)
                 children.append(child)
-        return children
+        return self._screened(children) if screening and children else children
+
+    def _screened(self, children: list[np.ndarray]) -> list[np.ndarray]:
+        """The `offspring` children of best predicted fitness, in the order drawn; the others are unseen again."""
+        predicted = self.surrogate.predict(features(self.problem.space, children))  # (children,)
+        order = np.argsort(predicted, kind="stable")  # (children,)
+        kept = sorted(order[: self.options.offspring].tolist())
+        for i in order[self.options.offspring:]:
+            self._seen.discard(children[i].tobytes())
+        self.surrogate.screened_out += len(children) - len(kept)
+        self._predicted = {children[i].tobytes(): float(predicted[i]) for i in kept}
+        return [children[i] for i in kept]
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
@@ -244,7 +283,8 @@ class Evolution(Searcher, Resumable, Refining):
                 "evaluations": self.evaluations, "stalls": self.stalls,
                 "parent": self.parent.tolist(), "parent_fitness": self.parent_fitness,
                 "best": self.best_levels.tolist(), "best_fitness": self.best_fitness,
-                "rng": self.rng.bit_generator.state, "options": asdict(self.options), "seen": seen}
+                "rng": self.rng.bit_generator.state, "options": asdict(self.options), "seen": seen,
+                "surrogate": None if self.surrogate is None else self.surrogate.state()}
 
     def load_state(self, state: dict) -> None:
         """Continue from `state()` taken on a problem with the same space as this one."""
@@ -255,5 +295,8 @@ class Evolution(Searcher, Resumable, Refining):
         self.best_levels, self.best_fitness = np.array(state["best"], dtype=np.int64), float(state["best_fitness"])
         self.rng.bit_generator.state = state["rng"]
         self._seen = {row.tobytes() for row in np.asarray(state["seen"], dtype=np.int64)}
+        if self.surrogate is not None and state.get("surrogate"):
+            self.surrogate.load_state(state["surrogate"])
         self._inner, self._pending, self._pool, self._scores, self.stage = None, [], [], {}, 0
+        self._predicted = {}
         self.phase = "evolve"

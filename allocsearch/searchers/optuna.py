@@ -15,6 +15,13 @@
   trials a killed run left RUNNING are finished first (none lost, none duplicated).
 - Multi-fidelity: with `prune` set, a batch is first scored on that share of the calibration
   tokens; only the best `keep` share goes on to full fidelity, the rest are told PRUNED.
+- Predictor (`predictor` rbf or gp, see `surrogate`): once the study holds `surrogate.MIN_POINTS`
+  complete trials, a batch asks `screen` times as many trials, predicts their fitness from the
+  complete ones and measures the best `batch` by prediction; the others are told PRUNED at once, with
+  user attributes `predicted_fitness` and `screened_out`. Only measured trials count toward
+  `trials` (the study's budget is evaluations, as without a predictor), so the study holds more
+  trials than `trials`. Rank correlation of prediction against each measured trial's first score is
+  logged every batch and rebuilt from storage when a study continues.
 
 The study's own user attributes record the search it belongs to (space, limits, seed, sampler); a
 study of another search under the same name is refused.
@@ -22,6 +29,7 @@ study of another search under the same name is refused.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -40,7 +48,9 @@ from ..solvers.price import price_allocation
 from ..solvers.repair import repair
 from ..solvers.shaped import uniform_levels
 from .base import Searcher
+from .surrogate import Surrogate, check_predictor, features, screening_summary
 
+log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "gp", "nsga2", "cmaes", "random")
 WARM_STARTS = ("dp", "admm", "uniform")
 
@@ -85,6 +95,8 @@ class StudyOptions:
     keep: float = field(default=0.25, metadata={"help": "share of a batch that goes on to full fidelity"})
     warm_start: tuple[str, ...] = field(default=("dp", "admm"), metadata={"help": "allocations enqueued first: "
                                                                                   f"any of {', '.join(WARM_STARTS)}"})
+    predictor: str = field(default="none", metadata={"help": "screen trials by predicted fitness: none, rbf, gp"})
+    screen: int = field(default=4, metadata={"help": "with a predictor, trials asked per trial measured"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "warm_start", tuple(self.warm_start))
@@ -96,6 +108,10 @@ class StudyOptions:
             raise ConfigError(f"prune={self.prune} must lie in (0, 1) and keep={self.keep} in (0, 1]")
         if self.prune is not None and self.sampler == "nsga2":
             raise ConfigError("prune works with one objective; sampler='nsga2' optimises two: leave prune unset")
+        check_predictor(self.predictor, self.screen)
+        if self.predictor != "none" and self.sampler == "nsga2":
+            raise ConfigError(f"predictor={self.predictor!r} predicts one objective; sampler='nsga2' optimises two: "
+                              "set predictor='none' or another sampler")
         unknown = set(self.warm_start) - set(WARM_STARTS)
         if unknown:
             raise ConfigError(f"warm_start={self.warm_start!r}: {sorted(unknown)} unknown; choose from {', '.join(WARM_STARTS)}")
@@ -132,6 +148,8 @@ class OptunaStudy(Searcher):
             directions=["minimize", "minimize"] if multi else ["minimize"])
         identity = {"space": problem.space.id, "limits": {m: float(v) for m, v in problem.limits.items()},
                     "seed": seed, "sampler": o.sampler, "batch": o.batch, "prune": o.prune}
+        if o.predictor != "none":  # studies made before predictors existed keep their identity
+            identity |= {"predictor": o.predictor, "screen": o.screen}
         if not self.study.trials and not self.study.user_attrs:
             for key, value in identity.items():
                 self.study.set_user_attr(key, value)
@@ -151,6 +169,8 @@ class OptunaStudy(Searcher):
         self._survivors: list[int] = []  # indices into the batch that go on to full fidelity
         self._pending: list[int] = []  # indices into the batch asked for in this stage, not yet asked
         self._fitness: dict[int, float] = {}  # index into the batch -> fitness told in this stage
+        self._predicted: dict[int, float] = {}  # index into the batch -> its prediction, until its first score
+        self.surrogate = None if o.predictor == "none" else Surrogate(o.predictor)
         self._load_best()
 
     # -- study bookkeeping ------------------------------------------------------------------------
@@ -169,14 +189,30 @@ class OptunaStudy(Searcher):
         return found
 
     def _load_best(self) -> None:
-        """Earlier runs of this study count: the best complete trial is the best so far."""
+        """Earlier runs of this study count: the best complete trial is the best so far, and the
+        predictor's points, pairs and count of screened trials come from storage."""
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             if t.values[0] < self.best_fitness:
                 self.best_fitness, self.best_levels = t.values[0], np.array(t.user_attrs["levels"])
+            if self.surrogate is not None:
+                self.surrogate.add(features(self.problem.space, [t.user_attrs["levels"]]), [t.values[0]])
+        if self.surrogate is None:
+            return
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.user_attrs.get("screened_out"):
+                self.surrogate.screened_out += 1
+            elif "predicted_fitness" in t.user_attrs:  # its first score: the pruning pass's, else its value
+                self.surrogate.record(t.user_attrs["predicted_fitness"],
+                                      t.intermediate_values[0] if t.intermediate_values else t.values[0])
+
+    @staticmethod
+    def _measured(trials: list) -> list:
+        """The trials asked and not screened out: those that count toward `trials`."""
+        return [t for t in trials if t.state != TrialState.WAITING and not t.user_attrs.get("screened_out")]
 
     def _finished(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                  TrialState.FAIL)))
+        return len(self._measured(self.study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))))
 
     def _next_batch(self) -> None:
         """The next batch: the trials a killed run left RUNNING first (completed to their whole batch
@@ -184,22 +220,42 @@ class OptunaStudy(Searcher):
         o = self.options
         trials = self.study.get_trials(deepcopy=False)
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        n_asked = sum(t.state != TrialState.WAITING for t in trials)
-        if not running and n_asked >= o.trials:
+        measured = self._measured(trials)
+        if not running and len(measured) >= o.trials:
             self._trials = []
             return
-        k = (running[0].number if running else n_asked) // o.batch
+        first_open = running[0].number if running else math.inf
+        k = sum(t.number < first_open for t in measured) // o.batch  # batches measured before this one
         self.study.sampler = make_sampler(o.sampler, int(np.random.SeedSequence([self.seed, k]).generate_state(1)[0]))
         self._trials = [optuna.trial.Trial(self.study, t._trial_id) for t in running]
-        while n_asked < min((k + 1) * o.batch, o.trials):
-            self._trials.append(self.study.ask())
-            n_asked += 1
+        missing = min((k + 1) * o.batch, o.trials) - len(measured)
+        if missing > 0 and not running and self.surrogate is not None and self.surrogate.ready:
+            self._trials += self._screened(missing)
+        else:
+            self._trials += [self.study.ask() for _ in range(missing)]
         self._levels = [self._prepare(t) for t in self._trials]
+        if self.surrogate is not None:  # kept by the screen, in this run or in a killed one
+            self._predicted = {i: t.user_attrs["predicted_fitness"] for i, t in enumerate(self._trials)
+                               if "predicted_fitness" in t.user_attrs}
         # a batch whose first pass was scored (and its losers pruned) before a kill goes on to full fidelity
         first_pass_done = running and all(t.intermediate_values for t in running) and len(running) == len(self._trials)
         self._stage = 1 if o.prune is None or first_pass_done else 0
         self._survivors = list(range(len(self._trials))) if self._stage == 1 else []
         self._pending, self._fitness = self._stage_members(), {}
+
+    def _screened(self, count: int) -> list:
+        """Ask `screen * count` trials; return the `count` of best predicted fitness (in trial order) and
+        tell the others PRUNED, screened out."""
+        asked = [self.study.ask() for _ in range(count * self.options.screen)]
+        predicted = self.surrogate.predict(features(self.problem.space, [self._prepare(t) for t in asked]))  # (asked,)
+        kept = set(np.argsort(predicted, kind="stable")[:count].tolist())
+        for i, trial in enumerate(asked):
+            trial.set_user_attr("predicted_fitness", float(predicted[i]))
+            if i not in kept:
+                trial.set_user_attr("screened_out", True)
+                self.study.tell(trial, state=TrialState.PRUNED)
+        self.surrogate.screened_out += len(asked) - len(kept)
+        return [trial for i, trial in enumerate(asked) if i in kept]
 
     def _stage_members(self) -> list[int]:
         return list(range(len(self._trials))) if self._stage == 0 else list(self._survivors)
@@ -229,7 +285,7 @@ class OptunaStudy(Searcher):
             return False
         trials = self.study.get_trials(deepcopy=False)
         running = any(t.state == TrialState.RUNNING for t in trials)
-        return not running and sum(t.state != TrialState.WAITING for t in trials) >= self.options.trials
+        return not running and len(self._measured(trials)) >= self.options.trials
 
     @property
     def fidelity(self) -> float:
@@ -237,6 +293,9 @@ class OptunaStudy(Searcher):
 
     def progress(self) -> tuple[int, int, dict]:
         return self._finished(), self.options.trials, {"best": f"{self.best_fitness:.5g}"}
+
+    def summary(self) -> dict:
+        return screening_summary(self.surrogate)
 
     def ask(self, n: int) -> list[np.ndarray]:
         """Up to `n` allocations of the current batch's stage; a new batch is begun when none is open."""
@@ -250,8 +309,13 @@ class OptunaStudy(Searcher):
     def tell(self, allocations: list[np.ndarray], fitnesses: list[float]) -> None:
         told = self._stage_members()[len(self._fitness):len(self._fitness) + len(fitnesses)]
         self._fitness.update(zip(told, (float(f) for f in fitnesses)))
+        for i, fitness in zip(told, fitnesses):
+            if i in self._predicted:
+                self.surrogate.record(self._predicted.pop(i), fitness)
         if self._stage == 1:
             super().tell(allocations, fitnesses)
+            if self.surrogate is not None:
+                self.surrogate.add(features(self.problem.space, allocations), fitnesses)
         if len(self._fitness) < len(self._stage_members()):
             return  # the rest of this stage is still to be asked
         if self._stage == 0:  # first pass on few tokens: report, keep the best share, prune the rest
@@ -272,6 +336,9 @@ class OptunaStudy(Searcher):
                 values.append(self.problem.costs.ratios(self._levels[i])[self.cost_metric])
             self.study.tell(self._trials[i], values)
         self._trials, self._levels, self._survivors, self._fitness = [], [], [], {}
+        if self.surrogate is not None:
+            log.info("%d trials measured: predictor %s %s, %d screened out", self._finished(),
+                     self.options.predictor, self.surrogate.correlation(), self.surrogate.screened_out)
 
     def finish(self, result: Result) -> None:
         """Record the best allocation and its held-out score on the study (trials are closed by now)."""

@@ -1,14 +1,21 @@
-"""Shaped allocations: one removed fraction for every unit, shifted per unit, as much as the budget needs.
+"""Shaped allocations: each unit's removed fraction a function of one scalar, as much as the budget needs.
 
-With no shift this is the uniform allocation, the baseline. OWL (Outlier Weighed Layerwise
-sparsity, Yin et al. 2024) shifts each block by its outliers: blocks with more outliers (a larger
-share D of Wanda scores above 5x their mean) are pruned less, the removed fraction of every unit of
-block l being the target plus lam - 2 lam (D_l - min D) / (max D - min D), within target +- lam
-(lam = 0.08). The paper sets per-block sparsity for unstructured pruning; on structured spaces the
-same mapping sets each block's removed fraction of heads and channels.
+A shape is `targets(f)`, the removed fraction of every unit for a scalar f, non-decreasing in f;
+`shaped_levels` finds the smallest f whose allocation meets every limit, then fills what the grid
+leaves. The model-informed allocators (`ecoflap`, `cfsp`, `dlp`) are shapes; so are these two:
+
+- uniform: `f` for every unit, the baseline.
+- OWL (Outlier Weighed Layerwise sparsity, Yin et al. 2024) shifts each block by its outliers:
+  blocks with more outliers (a larger share D of Wanda scores above 5x their mean) are pruned
+  less, the removed fraction of every unit of block l being the target plus
+  lam - 2 lam (D_l - min D) / (max D - min D), within target +- lam (lam = 0.08). The paper sets
+  per-block sparsity for unstructured pruning; on structured spaces the same mapping sets each
+  block's removed fraction of heads and channels.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,31 +26,49 @@ from .bisection import smallest_feasible
 
 OWL_LAMBDA = 0.08
 
+Targets = Callable[[float], np.ndarray]  # f -> removed fraction per unit  # (units,)
 
-def shaped_levels(problem: Problem, offsets: np.ndarray | None = None) -> np.ndarray:
-    """The least-pruned allocation `fraction + offsets[u]` per unit within the limits, then filled.
 
-    Every unit takes the level nearest `f + offsets[u]` (heads snap to whole heads); f is the
-    smallest that meets the limits, found by bisection. The grid leaves part of the budget unused,
-    so units then step back one level each, in unit order, while the limits still hold, until none
-    can. With no offsets this is the uniform allocation.
+def shaped_levels(problem: Problem, targets: Targets | None = None,
+                  bounds: tuple[float, float] = (-1.0, 2.0)) -> np.ndarray:
+    """The least-pruned allocation of the shape `targets` within the limits, then filled.
+
+    Every unit takes the level nearest its target `targets(f)[u]`, capped to the unit's own range
+    `[0, largest level]` (heads snap to whole heads); f is the smallest in `bounds` that meets the
+    limits, found by bisection. Then `fill_in_order` spends what the grid leaves unused.
+
+    Args:
+        problem: the space, costs and limits.
+        targets: f -> removed fraction per unit, non-decreasing in f; None is the uniform shape, f
+            for every unit.
+        bounds: (low, high): every unit dense at `low`, every unit at its top at `high`.
+
+    Raises:
+        BudgetError: when even `targets(high)` breaks a limit.
     """
     space = problem.space
-    offsets = np.zeros(space.n_units) if offsets is None else np.asarray(offsets, dtype=np.float64)
+    targets = targets or (lambda f: np.full(space.n_units, f))
+    tops = np.array([u.fractions[-1] for u in space.units])  # (units,)
 
     def levels_at(f: float) -> np.ndarray:
-        targets = f + offsets
+        capped = np.clip(targets(f), 0.0, tops)  # (units,)
         return np.array([int(np.argmin(np.abs(u.fractions - t) + 1e-12 * np.arange(u.n_levels)))
-                         for u, t in zip(space.units, targets)])
+                         for u, t in zip(space.units, capped)])
 
-    low, high = -1.0 - offsets.max(), 2.0 - offsets.min()  # every unit dense, every unit at its top
+    low, high = bounds
     if not problem.feasible(levels_at(high)):
         raise BudgetError("no allocation of this shape meets the budget; raise the budget")
-    levels = levels_at(smallest_feasible(lambda f: problem.feasible(levels_at(f)), low, high, iterations=60))
+    f = smallest_feasible(lambda f: problem.feasible(levels_at(f)), low, high, iterations=60)
+    return fill_in_order(problem, levels_at(f))
+
+
+def fill_in_order(problem: Problem, levels: np.ndarray) -> np.ndarray:
+    """Step units back one level each, in unit order, while the limits still hold, until none can."""
+    levels = np.array(levels, dtype=np.int64)
     changed = True
     while changed:
         changed = False
-        for u in range(space.n_units):
+        for u in range(problem.space.n_units):
             if levels[u] > 0:
                 levels[u] -= 1
                 if problem.feasible(levels):
@@ -56,6 +81,18 @@ def shaped_levels(problem: Problem, offsets: np.ndarray | None = None) -> np.nda
 def uniform_levels(problem: Problem) -> np.ndarray:
     """The uniform allocation within the limits (see `shaped_levels`)."""
     return shaped_levels(problem)
+
+
+def shifted(offsets: np.ndarray) -> tuple[Targets, tuple[float, float]]:
+    """The shape `f + offsets[u]` and its bounds, for `shaped_levels(problem, *shifted(offsets))`."""
+    offsets = np.asarray(offsets, dtype=np.float64)  # (units,)
+    return (lambda f: f + offsets), (-1.0 - offsets.max(), 2.0 - offsets.min())
+
+
+def block_targets(space: SearchSpace, removed: Callable[[float], np.ndarray]) -> Targets:
+    """A per-block removed fraction `removed(f)` (blocks,) as the shape of every unit of each block."""
+    blocks = np.array([u.block for u in space.units])  # (units,)
+    return lambda f: removed(f)[blocks]
 
 
 def owl_offsets(space: SearchSpace, outlier_ratios: np.ndarray, lam: float = OWL_LAMBDA) -> np.ndarray:

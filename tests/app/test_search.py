@@ -6,7 +6,15 @@ import time
 import numpy as np
 import pytest
 
-from allocsearch import Budget, BudgetError, ConfigError, RunConfig, Session, search
+from allocsearch import (
+    Budget,
+    BudgetError,
+    ConfigError,
+    Result,
+    RunConfig,
+    Session,
+    search,
+)
 
 from ..tiny import tiny_config
 
@@ -79,3 +87,15 @@ def test_stages_record_time_and_peak_memory():
         time.sleep(0.1)
         del block
     assert record["work"]["seconds"] >= 0.1 and record["work"]["peak_mb"] >= 64
+
+
+def test_the_searchers_summary_is_saved_in_the_result(sessions, tmp_path):
+    session = sessions("gpt2")
+    result = search("flops=0.6", method="spdy", session=session, seed=0, progress=False, out=tmp_path / "r.json",
+                    method_options={"starts": 4, "steps": 3})
+    details = result.details
+    assert details["starts"] == 4 and details["steps"] == 3 and details["measured"] == result.evaluations
+    assert len(details["coefficients"]) == session.space.n_units
+    assert Result.load(tmp_path / "r.json").details == details
+    plain = search("flops=0.6", method="dp", session=session, seed=0, progress=False)
+    assert plain.details == {}  # a searcher with nothing to report

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -186,3 +188,66 @@ def test_same_seed_and_kill_resume_in_real_processes(model_dirs, cache_dir, tmp_
         r.pop("seconds")
         r.pop("stages")  # wall times and memory peaks
     assert results[0] == results[1] == results[2]
+
+
+def bumpy(problem):
+    """A fitness the dp does not know: the summed errors times a wave in the total removed fraction."""
+    return lambda c: float(predicted_error(problem.errors, c) * (1 + 0.3 * np.sin(problem.space.fractions(c).sum())))
+
+
+def test_without_a_predictor_the_sequence_is_as_before():
+    """Pinned before predictors existed: predictor='none' must not change one asked allocation."""
+    base = synthetic_problem(3, n_units=10)
+    start = np.array([0, 1, 1, 0, 1, 1, 0, 1, 1, 0])
+    problem = Problem(base.space, base.costs, base.limits, errors=base.errors, init=start)
+    searcher = Evolution(problem, seed=7, generations=4, offspring=8, survivors=(3, 2, 1), predictor="none")
+    asked = []
+    while not searcher.done:
+        batch = searcher.ask(5)
+        asked += batch
+        searcher.tell(batch, [predicted_error(problem.errors, c) for c in batch])
+    digest = hashlib.sha256(np.stack(asked).astype(np.int64).tobytes()).hexdigest()[:16]
+    assert len(asked) == 53 and digest == "38af67e143be42b9"
+    assert searcher.best_levels.tolist() == [0, 1, 1, 1, 0, 2, 0, 0, 0, 1]
+
+
+SCREENED = {"generations": 15, "offspring": 8, "fidelities": (1.0,), "survivors": (1,), "init": "uniform"}
+
+
+@pytest.mark.parametrize("kind", ["rbf", "gp"])
+def test_a_screened_evolution_measures_offspring_only_and_does_at_least_as_well(kind, caplog):
+    for seed in range(4):
+        problem = synthetic_problem(seed, n_units=12)
+        fitness = bumpy(problem)
+        plain = Evolution(problem, seed=seed, **SCREENED)
+        screened = Evolution(problem, seed=seed, predictor=kind, screen=4, **SCREENED)
+        with caplog.at_level(logging.INFO, logger="allocsearch.searchers.evolution"):
+            runs = [drive(s, fitness) for s in (plain, screened)]
+        assert len(runs[0]) == len(runs[1]) == 1 + 15 * 8  # the start, then `offspring` per generation
+        assert screened.best_fitness <= plain.best_fitness  # equal evaluations: the screen chose better
+        summary = screened.summary()
+        assert summary["screened_out"] == 14 * 3 * 8  # screening from generation 2 (9 points), 24 of 32 dropped
+        assert summary["pairs"] == 14 * 8 and -1 <= summary["kendall"] <= 1 and 0 < summary["spearman"] <= 1
+    logged = [r.getMessage() for r in caplog.records if f"predictor {kind}" in r.getMessage()]
+    assert len(logged) == 4 * 15 and "'spearman'" in logged[-1]
+
+
+def test_a_screened_evolution_resumes_from_its_state_exactly():
+    problem = synthetic_problem(2, n_units=10)
+    fitness = bumpy(problem)
+    options = {**SMALL, "generations": 8, "predictor": "rbf"}
+    whole = drive(Evolution(problem, seed=1, init="uniform", **options), fitness)
+    first = Evolution(problem, seed=1, init="uniform", **options)
+    head = []
+    while first.generations_done < 5:
+        batch = first.ask(7)
+        head += batch
+        first.tell(batch, [fitness(c) for c in batch])
+    state = first.state()
+    assert state["surrogate"]["screened_out"] > 0
+    resumed = Evolution(problem, seed=1, init="uniform", **options)
+    resumed.load_state({**json.loads(json.dumps({k: v for k, v in state.items() if k != "seen"})), "seen": state["seen"]})
+    tail = drive(resumed, fitness)
+    assert [c.tolist() for c in head + tail] == [c.tolist() for c in whole]
+    with pytest.raises(ConfigError, match="screen=0 must be a positive integer"):
+        EvolutionOptions(predictor="gp", screen=0)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,10 +15,10 @@ import pytest
 from optuna.trial import TrialState
 
 from allocsearch import ConfigError, Planner, Session, search
-from allocsearch.searchers.optuna import open_storage
+from allocsearch.searchers.optuna import OptunaStudy, StudyOptions, open_storage
 
-from ..tiny import free_port, tiny_config
-from .test_evolution import Interrupt, interrupting
+from ..tiny import free_port, synthetic_problem, tiny_config
+from .test_evolution import Interrupt, bumpy, interrupting
 
 QUICK = {"trials": 24, "batch": 6}
 
@@ -184,3 +185,41 @@ def test_dashboard_page_renders_the_study_in_a_browser(dashboard):
          f"--user-data-dir={os.getcwd()}/chromium-profile", "--virtual-time-budget=15000", "--dump-dom",
          f"{base}/dashboard/studies/{study_id}"], capture_output=True, text=True, timeout=120).stdout
     assert "tiny-gpt2-half-flops" in dom and "<div" in dom
+
+
+def drive(study, fitness):
+    asked = []
+    while not study.done:
+        batch = study.ask(1000)
+        asked += [c.tolist() for c in batch]
+        study.tell(batch, [fitness(c) for c in batch])
+    return asked
+
+
+def test_a_predictor_prunes_screened_trials_and_stays_deterministic(tmp_path, caplog):
+    problem = synthetic_problem(1, n_units=10)
+    fitness = bumpy(problem)
+    options = {"trials": 16, "batch": 4, "predictor": "rbf", "screen": 3}
+    storage = f"journal:///{tmp_path}/screened.log"  # a file: the rerun below reads it back
+    with caplog.at_level(logging.INFO, logger="allocsearch.searchers.optuna"):
+        study = OptunaStudy(problem, seed=0, storage=storage, **options)
+        asked = drive(study, fitness)
+    assert asked == drive(OptunaStudy(problem, seed=0, storage=":memory:", **options), fitness)
+    trials = study.study.get_trials(deepcopy=False)
+    screened = [t for t in trials if t.user_attrs.get("screened_out")]
+    measured = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(asked) == len(measured) == 16  # only measured trials count toward `trials`
+    assert len(screened) == 2 * 8 and all(t.state == TrialState.PRUNED for t in screened)  # batches 3, 4: 4 of 12 kept
+    assert all("predicted_fitness" in t.user_attrs for t in screened + measured[8:])
+    summary = study.summary()
+    assert summary["screened_out"] == 16 and summary["pairs"] == 8 and 0 < summary["spearman"] <= 1
+    assert any("predictor rbf" in r.getMessage() for r in caplog.records)
+    again = OptunaStudy(problem, seed=0, storage=storage, **options)  # a rerun reads all of it from storage
+    assert again.done and again.summary() == summary and again.best_fitness == study.best_fitness
+
+
+def test_a_predictor_needs_one_objective():
+    with pytest.raises(ConfigError, match="predictor='gp' predicts one objective"):
+        StudyOptions(sampler="nsga2", predictor="gp")
+    with pytest.raises(ConfigError, match="predictor='xgb' is unknown"):
+        StudyOptions(predictor="xgb")

@@ -16,7 +16,8 @@ from allocsearch.solvers.shaped import uniform_levels
 from ..tiny import synthetic_problem
 
 QUICK = {"evolution": {"generations": 8, "offspring": 16, "survivors": (4, 2, 1)},  # small runs for the contract
-         "optuna": {"trials": 24, "batch": 6, "storage": ":memory:"}}
+         "optuna": {"trials": 24, "batch": 6, "storage": ":memory:"},
+         "spdy": {"starts": 8, "steps": 8}}
 
 
 @pytest.mark.parametrize("method", sorted(SEARCHERS))
