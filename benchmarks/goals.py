@@ -24,7 +24,7 @@ def _load(name: str) -> dict | None:
 
 
 def _best(methods: dict, key: str) -> tuple[str, dict]:
-    label = min(methods, key=lambda m: methods[m][key])
+    label = min((m for m in methods if key in methods[m]), key=lambda m: methods[m][key])
     return label, methods[label]
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict
 import numpy as np
 from scipy.stats import spearmanr
 
-from allocsearch import RunConfig, Session, search
+from allocsearch import ConfigError, RunConfig, Session, search
 from allocsearch.app.plot import plot_allocation
 from allocsearch.searchers import SEARCHERS
 
@@ -53,7 +53,12 @@ def run_case(session: Session, budget: str, scale: dict, tmp: str) -> tuple[list
         options = {**scale.get(method, {}), **options}
         if method == "optuna":
             options |= {"study": label.replace("+", "-"), "storage": f"sqlite:///{tmp}/{label}.db"}
-        r = search(budget, method=method, seed=0, session=session, progress=False, method_options=options)
+        try:
+            r = search(budget, method=method, seed=0, session=session, progress=False, method_options=options)
+        except ConfigError as error:  # a method for the other granularity: flap scores heads and channels
+            rows.append([label, f"not for {session.config.granularity} spaces"] + [""] * 7)
+            data[label] = {"refused": str(error)}
+            continue
         excess = r.heldout - dense
         uniform_excess = excess if label == "uniform" else uniform_excess
         entry = {"fitness": r.fitness, "heldout_fitness": r.heldout_fitness, "heldout": r.heldout,
@@ -106,7 +111,7 @@ def run_model(label: str, settings: dict, scale: dict) -> tuple[str, dict, list]
                 notes.append(f"{name}: calib/held-out fitness Spearman over its trials "
                              f"{_figure(case[name]['calib_heldout_spearman'])}")
             for name in PREDICTED:
-                d = case[name]["details"]
+                d = case[name].get("details", {})
                 notes.append(f"{name}: predictor Spearman {_figure(d.get('spearman'))}, Kendall "
                              f"{_figure(d.get('kendall'))} over {d.get('pairs', 0)} measured candidates, "
                              f"{d.get('screened_out', 0)} screened out unmeasured")

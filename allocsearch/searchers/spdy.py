@@ -41,7 +41,8 @@ from .base import Resumable, Searcher
 class SPDYOptions:
     """Options of `SPDY` (see the module notes)."""
 
-    starts: int = field(default=100, metadata={"help": "random coefficient vectors measured first"})
+    starts: int = field(default=100, metadata={"help": "coefficient vectors measured first: the plain dp's "
+                                                       "scale, then random ones"})
     steps: int = field(default=100, metadata={"help": "local search steps from the best start"})
     resample: float = field(default=0.1, metadata={"help": "share of the coefficients redrawn per local step "
                                                            "(at least one)"})
