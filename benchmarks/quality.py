@@ -154,7 +154,9 @@ def run(args) -> Report:
     return Report("quality", "Allocation quality of every method (default model and SmolLM2-135M)",
                   "seed 0; fitness is the run's objective (KL to the dense model) on the calibration windows, "
                   "held-out on held-out windows; seconds exclude the cached supernet, dense passes and error "
-                  "table. On SmolLM2-135M: 32 calibration and 32 held-out windows of 128 tokens, and the "
+                  "table, and are short where a method proposed allocations an earlier one in the session had "
+                  "measured (the evaluator remembers them: dp after admm, the predictor runs after the plain "
+                  "ones). On SmolLM2-135M: 32 calibration and 32 held-out windows of 128 tokens, and the "
                   "iterative methods on small budgets: " + ", ".join(
                       f"{m} {o}" for m, o in LARGE.items()) + "; on the default model: " + ", ".join(
                       f"{m} {o}" for m, o in SMALL.items()) + ".", "\n\n".join(parts), data, plots)
