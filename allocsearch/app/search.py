@@ -68,6 +68,9 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
     for name, value in (("max_evaluations", max_evaluations), ("max_seconds", max_seconds)):
         if value is not None and not value > 0:
             raise ConfigError(f"{name}={value!r} must be positive, or None for no limit")
+    method_options = dict(method_options or {})
+    searcher_class = get_searcher(method)
+    searcher_class.parse_options(method_options)  # before any model is loaded
     if session is None:
         if config is not None and options:
             raise ConfigError(f"give either config= or keyword options, not both (got {sorted(options)})")
@@ -76,8 +79,6 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
     if seed is None and resume and checkpoint and Path(checkpoint).is_file():
         seed = checkpoint_seed(Path(checkpoint))  # the drawn seed of the search being resumed
     seed = _draw_seed() if seed is None else int(seed)
-    method_options = dict(method_options or {})
-    searcher_class = get_searcher(method)
     limits = budget.limits(session.costs)
     init_levels = _checked_init(session, limits, init)
     if runner is None:

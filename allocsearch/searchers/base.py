@@ -36,20 +36,32 @@ class Searcher(ABC):
     Options: ClassVar[type | None] = None  # a frozen dataclass of the searcher's own options, if any
 
     def __init__(self, problem: Problem, *, seed: int, **options) -> None:
-        if self.Options is None:
-            if options:
-                raise ConfigError(f"method={self.name!r} takes no options (got {', '.join(sorted(options))})")
-        else:
-            known = set(self.Options.__dataclass_fields__)
-            if set(options) - known:
-                raise ConfigError(f"method={self.name!r} has no option {', '.join(sorted(set(options) - known))}; "
-                                  f"its options are {', '.join(sorted(known))}")
-            self.options = self.Options(**options)
+        parsed = self.parse_options(options)
+        if parsed is not None:
+            self.options = parsed
         self.problem = problem
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.best_levels: np.ndarray | None = None
         self.best_fitness = np.inf
+
+    @classmethod
+    def parse_options(cls, options: dict):
+        """The searcher's `Options` made from `options` (None when it takes none), checked: callers run
+        it before any model is loaded, so a bad option costs nothing.
+
+        Raises:
+            ConfigError: an option the searcher does not have, or a bad value.
+        """
+        if cls.Options is None:
+            if options:
+                raise ConfigError(f"method={cls.name!r} takes no options (got {', '.join(sorted(options))})")
+            return None
+        known = set(cls.Options.__dataclass_fields__)
+        if set(options) - known:
+            raise ConfigError(f"method={cls.name!r} has no option {', '.join(sorted(set(options) - known))}; "
+                              f"its options are {', '.join(sorted(known))}")
+        return cls.Options(**options)
 
     @property
     @abstractmethod

@@ -99,3 +99,11 @@ def test_the_searchers_summary_is_saved_in_the_result(sessions, tmp_path):
     assert Result.load(tmp_path / "r.json").details == details
     plain = search("flops=0.6", method="dp", session=session, seed=0, progress=False)
     assert plain.details == {}  # a searcher with nothing to report
+
+
+def test_a_bad_searcher_option_is_refused_before_the_model_loads(tmp_path):
+    """The model does not exist: the option's error comes first, so nothing was loaded."""
+    with pytest.raises(ConfigError, match="starts=-1"):
+        search("flops=0.5", method="spdy", method_options={"starts": -1}, model=str(tmp_path / "missing"),
+               cache_dir=str(tmp_path), progress=False)
+    assert not any(tmp_path.iterdir())
