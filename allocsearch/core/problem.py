@@ -74,6 +74,11 @@ class Problem:
         """The same limits on another grid of the same model (coarse-to-fine), starting from `init`."""
         return Problem(space, costs, self.limits, signals=self._signals, init=init)
 
+    @property
+    def unit_limits(self) -> dict[str, float]:
+        """Each limit less its cost outside the units (`costs.constant`): what the units' tables may sum to."""
+        return {m: limit - self.costs.constant[m] for m, limit in self.limits.items()}
+
     def feasible(self, levels: np.ndarray) -> bool:
         return within(self.costs, levels, self.limits)
 

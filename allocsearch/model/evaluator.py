@@ -216,16 +216,20 @@ class Evaluator:
         hidden = self.blockwise.final(self.blockwise.run(hidden, inputs, begin, states=states))
         if states is not None:
             record.states[i] = states
-        return self._distortion(hidden, self.calib_pass.reference(i), batch)[:2]
+        return self._distortion(hidden, self.calib_pass.reference(i))[:2]
 
-    def _distortion(self, hidden: torch.Tensor, reference: dict, batch: torch.Tensor) -> tuple[float, float, float]:
-        """(summed objective, its weight, the held-out score's sum) of one batch's final hidden states:
-        summed next-token negative log-likelihood (language models) or 1 - pooled cosine (encoders)."""
+    def _distortion(self, hidden: torch.Tensor, reference: dict,
+                    batch: torch.Tensor | None = None) -> tuple[float, float, float | None]:
+        """(summed objective, its weight, the held-out score's sum) of one batch's final hidden states;
+        the score's sum (summed next-token negative log-likelihood of `batch`, or 1 - pooled cosine) only
+        with `batch`: calibration scoring never reads it."""
         if self.task == "causal_lm":
             return self._lm_scores(hidden, reference, batch)
         ref = reference["hidden"].to(hidden.device)
-        mask = torch.ones(batch.shape, device=hidden.device)  # token_windows fills every window with text
+        mask = torch.ones(hidden.shape[:2], device=hidden.device)  # token_windows fills every window with text
         value, weight = encoder_distortion(self.objective, hidden, ref, mask)
+        if batch is None:
+            return value, weight, None
         cosine_loss = value if self.objective == "pooled" else encoder_distortion("pooled", hidden, ref, mask)[0]
         return value, weight, cosine_loss
 
@@ -246,12 +250,13 @@ class Evaluator:
         hidden = self.blockwise.embed_width * batch.numel() * self._state_bytes
         return (i + 1) * (self.blockwise.n_blocks - start) * hidden <= self._anchor_bytes
 
-    def _lm_scores(self, hidden: torch.Tensor, reference: dict, batch: torch.Tensor) -> tuple[float, int, float]:
-        """The objective summed over positions, the number of positions, and the summed negative
-        log-likelihood of the batch's next tokens; the head runs on chunks of positions."""
+    def _lm_scores(self, hidden: torch.Tensor, reference: dict,
+                   batch: torch.Tensor | None) -> tuple[float, int, float | None]:
+        """The objective summed over positions, the number of positions, and with `batch` the summed
+        negative log-likelihood of its next tokens; the head runs on chunks of positions."""
         flat = hidden.reshape(-1, hidden.shape[-1])  # (tokens, hidden)
-        targets = next_tokens(batch).to(flat.device)  # (tokens,)
-        distortion = nll = 0.0
+        targets = next_tokens(batch).to(flat.device) if batch is not None else None  # (tokens,)
+        distortion, nll = 0.0, None if batch is None else 0.0
         for chunk in token_chunks(len(flat), self.blockwise.head.out_features):
             logq = torch.log_softmax(self.blockwise.head(flat[chunk]).float(), -1)  # (chunk, vocab)
             part = {name: r[chunk].to(logq.device) for name, r in reference.items()}
@@ -259,9 +264,10 @@ class Evaluator:
                 distortion += float(kl_to_reference(part, logq).double().sum())
             else:
                 distortion += float(topk_kl(part, logq, self.config.topk or TOPK).double().sum())
-            target = targets[chunk]
-            known = target >= 0
-            nll -= float(logq[known].gather(-1, target[known][:, None]).double().sum())
+            if targets is not None:
+                target = targets[chunk]
+                known = target >= 0
+                nll -= float(logq[known].gather(-1, target[known][:, None]).double().sum())
         return distortion, len(flat), nll
 
     def heldout(self, levels: np.ndarray) -> HeldOut:

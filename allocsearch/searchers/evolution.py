@@ -263,12 +263,9 @@ class Evolution(Searcher, Resumable, Refining):
 
     def _screened(self, children: list[np.ndarray]) -> list[np.ndarray]:
         """The `offspring` children of best predicted fitness, in the order drawn; the others are unseen again."""
-        predicted = self.surrogate.predict(features(self.problem.space, children))  # (children,)
-        order = np.argsort(predicted, kind="stable")  # (children,)
-        kept = sorted(order[: self.options.offspring].tolist())
-        for i in order[self.options.offspring:]:
+        kept, predicted = self.surrogate.screen(features(self.problem.space, children), self.options.offspring)
+        for i in set(range(len(children))) - set(kept):
             self._seen.discard(children[i].tobytes())
-        self.surrogate.screened_out += len(children) - len(kept)
         self._predicted = {children[i].tobytes(): float(predicted[i]) for i in kept}
         return [children[i] for i in kept]
 

@@ -247,14 +247,13 @@ class OptunaStudy(Searcher):
         """Ask `screen * count` trials; return the `count` of best predicted fitness (in trial order) and
         tell the others PRUNED, screened out."""
         asked = [self.study.ask() for _ in range(count * self.options.screen)]
-        predicted = self.surrogate.predict(features(self.problem.space, [self._prepare(t) for t in asked]))  # (asked,)
-        kept = set(np.argsort(predicted, kind="stable")[:count].tolist())
+        kept, predicted = self.surrogate.screen(features(self.problem.space, [self._prepare(t) for t in asked]), count)
+        kept = set(kept)
         for i, trial in enumerate(asked):
             trial.set_user_attr("predicted_fitness", float(predicted[i]))
             if i not in kept:
                 trial.set_user_attr("screened_out", True)
                 self.study.tell(trial, state=TrialState.PRUNED)
-        self.surrogate.screened_out += len(asked) - len(kept)
         return [trial for i, trial in enumerate(asked) if i in kept]
 
     def _stage_members(self) -> list[int]:

@@ -81,8 +81,7 @@ def coefficient_levels(problem: Problem, profiles: np.ndarray, coefficients: np.
     hundreds of times).  # (units,)"""
     valid = np.isfinite(profiles)  # (units, max_levels)
     table = np.where(valid, coefficients[:, None] * np.where(valid, profiles, 0.0), np.inf)  # (units, max_levels)
-    limits = {m: limit - problem.costs.constant[m] for m, limit in problem.limits.items()}  # as dp_solve takes them
-    return dp_allocate_constrained(table, problem.costs.tables, limits, primary=problem.primary).levels
+    return dp_allocate_constrained(table, problem.costs.tables, problem.unit_limits, primary=problem.primary).levels
 
 
 class SPDY(Searcher, Resumable):

@@ -100,6 +100,14 @@ class Surrogate:
         fit = _rbf if self.kind == "rbf" else _gp
         return np.exp(fit(points, y, np.asarray(X, dtype=np.float64)))
 
+    def screen(self, X: np.ndarray, count: int) -> tuple[list[int], np.ndarray]:
+        """The `count` rows of best predicted fitness, in row order, and every row's prediction; the
+        other rows count as screened out.  X: (n, features) -> (kept indices, predictions (n,))"""
+        predicted = self.predict(X)  # (n,)
+        kept = sorted(np.argsort(predicted, kind="stable")[:count].tolist())
+        self.screened_out += len(predicted) - len(kept)
+        return kept, predicted
+
     def record(self, predicted: float, measured: float) -> None:
         self.pairs.append((float(predicted), float(measured)))
 

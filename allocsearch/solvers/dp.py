@@ -238,7 +238,7 @@ def dp_solve(problem: Problem, *, resolution: int = 10_000, time_limit: float = 
     `gap` then the error HiGHS left unproven). With one limit, the DP alone: it is exact up to its
     cost buckets.
     """
-    limits = {m: limit - problem.costs.constant[m] for m, limit in problem.limits.items()}
+    limits = problem.unit_limits
     errors, tables, idx = problem.errors, problem.costs.tables, np.arange(problem.space.n_units)
     if len(limits) == 1:
         return dp_allocate_constrained(errors, tables, limits, primary=problem.primary, resolution=resolution)

@@ -20,9 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.problem import Problem
-from ..errors import BudgetError, ConfigError
-from .bisection import smallest_feasible
-from .shaped import fill_in_order
+from ..errors import ConfigError
+from .shaped import least_feasible
 
 
 def flap_counts(wifv: np.ndarray, tau: float) -> np.ndarray:
@@ -48,8 +47,5 @@ def flap_levels(problem: Problem) -> np.ndarray:
         counts = flap_counts(wifv, tau)  # (units,)
         return np.array([np.searchsorted(u.counts, c, side="right") - 1 for u, c in zip(space.units, counts)])
 
-    low, high = float(np.nanmin(wifv)) - 1, float(np.nanmax(wifv)) + 1  # nothing removed; everything removed
-    if not problem.feasible(levels_at(high)):
-        raise BudgetError("no allocation of FLAP's shape meets the budget; raise the budget")
-    tau = smallest_feasible(lambda t: problem.feasible(levels_at(t)), low, high, iterations=60)
-    return fill_in_order(problem, levels_at(tau))
+    bounds = float(np.nanmin(wifv)) - 1, float(np.nanmax(wifv)) + 1  # nothing removed; everything removed
+    return least_feasible(problem, levels_at, bounds, shape="FLAP's shape")

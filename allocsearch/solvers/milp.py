@@ -132,5 +132,4 @@ def milp_allocate(errors: np.ndarray, costs: dict[str, np.ndarray], limits: dict
 def milp_solve(problem: Problem, *, time_limit: float = 60.0) -> MilpSolution:
     """The exact allocation of a problem: its error table within every limit (the constant part of
     each cost, outside the units, comes off each limit)."""
-    limits = {m: limit - problem.costs.constant[m] for m, limit in problem.limits.items()}
-    return milp_allocate(problem.errors, problem.costs.tables, limits, time_limit=time_limit)
+    return milp_allocate(problem.errors, problem.costs.tables, problem.unit_limits, time_limit=time_limit)

@@ -55,9 +55,16 @@ def shaped_levels(problem: Problem, targets: Targets | None = None,
         return np.array([int(np.argmin(np.abs(u.fractions - t) + 1e-12 * np.arange(u.n_levels)))
                          for u, t in zip(space.units, capped)])
 
+    return least_feasible(problem, levels_at, bounds)
+
+
+def least_feasible(problem: Problem, levels_at: Callable[[float], np.ndarray], bounds: tuple[float, float],
+                   shape: str = "this shape") -> np.ndarray:
+    """`levels_at(f)` at the smallest f in `bounds` that meets the limits (levels non-decreasing in f),
+    filled by `fill_in_order`; BudgetError naming `shape` when even `levels_at(high)` breaks a limit."""
     low, high = bounds
     if not problem.feasible(levels_at(high)):
-        raise BudgetError("no allocation of this shape meets the budget; raise the budget")
+        raise BudgetError(f"no allocation of {shape} meets the budget; raise the budget")
     f = smallest_feasible(lambda f: problem.feasible(levels_at(f)), low, high, iterations=60)
     return fill_in_order(problem, levels_at(f))
 
