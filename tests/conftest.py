@@ -6,7 +6,7 @@ import pytest
 
 from allocsearch import Session
 
-from .tiny import FAMILIES, save_tiny, tiny_config
+from .tiny import EXPORT_FAMILIES, save_tiny, tiny_config
 
 os.environ.setdefault("ALLOCSEARCH_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {family: save_tiny(family, root / family) for family in FAMILIES}
+    return {family: save_tiny(family, root / family) for family in EXPORT_FAMILIES}
 
 
 @pytest.fixture(scope="session")

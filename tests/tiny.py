@@ -14,6 +14,7 @@ from allocsearch.model.data import ByteTokenizer
 from allocsearch.model.loading import save_tokenizer
 
 FAMILIES = ("gpt2", "opt", "llama", "qwen2", "bert")
+EXPORT_FAMILIES = (*FAMILIES, "mistral", "roberta")  # every model type of searchspaces/, for the exports
 
 
 def tiny_model(family: str) -> torch.nn.Module:
@@ -37,6 +38,14 @@ def tiny_model(family: str) -> torch.nn.Module:
         model = t.Qwen2ForCausalLM(t.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                  num_attention_heads=4, num_key_value_heads=4, bos_token_id=10,
                                                  eos_token_id=10, **common))
+    elif family == "mistral":
+        model = t.MistralForCausalLM(t.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                     num_attention_heads=4, num_key_value_heads=2, bos_token_id=10,
+                                                     eos_token_id=10, **common))
+    elif family == "roberta":
+        model = t.RobertaModel(t.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                               intermediate_size=64, vocab_size=256, max_position_embeddings=66,
+                                               pad_token_id=1))
     elif family == "bert":
         model = t.BertModel(t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                          intermediate_size=64, **common))

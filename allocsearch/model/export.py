@@ -1,11 +1,14 @@
 """Write a physically pruned model, and load one back.
 
-An export directory holds `model.safetensors` (each block with its own number of heads and
-channels; sublayers without heads replaced by their constant output), the original `config.json`,
-`allocation.json` (levels and kept groups per unit), `space.yaml`, the tokenizer and, when there
-is one, the search `result.json`. `load_pruned` rebuilds the architecture from the config, gives
-every unit its kept shape with the same code that composed the candidate, and loads the weights:
-its forward has the original model's signature and outputs.
+An export directory loads with `from_pretrained` and holds `model.safetensors` and `config.json`
+in one of three layouts (`LAYOUTS`, see `allocsearch.model.hf_export`): a stock checkpoint with
+fewer blocks, the dense shapes with zeros (unstructured), or per-block shapes with
+`modeling_pruned.py` (sublayers without heads or channels replaced by their constant output). Beside
+them: `allocation.json` (levels and kept groups per unit, and the layout), `space.yaml`, the
+tokenizer and, when there is one, the search `result.json`. `load_pruned` needs no remote code: it
+rebuilds the architecture from the stock config, gives every unit its kept shape with the same code
+that composed the candidate, and loads the weights; its forward has the original model's signature
+and outputs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 import transformers  # a lazy module: its model classes load on first use
 import yaml
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .. import _io
@@ -28,6 +31,16 @@ from ..core.space import SearchSpace
 from ..errors import ConfigError, InputFileError
 from .build import space_from_model
 from .compose import Composer
+from .hf_export import (
+    MODELING_FILE,
+    block_constant,
+    checkpoint_tensors,
+    depth_only_blocks,
+    modeling_source,
+    pruned_layout,
+    remote_code_config,
+    stock_checkpoint,
+)
 from .loading import save_tokenizer
 
 FORMAT = 1
@@ -45,7 +58,12 @@ def check_export_dir(out_dir: str | Path) -> Path:
 
 def write_pruned(composer: Composer, costs: CostModel, tokenizer, levels: np.ndarray, out_dir: str | Path,
                  result: Result | None = None) -> Path:
-    """Compose `levels` on the composer's model and write it to `out_dir` (atomically)."""
+    """Compose `levels` on the composer's model and write it to `out_dir` (atomically).
+
+    The directory loads with `from_pretrained`: as a stock checkpoint when the allocation removes
+    whole blocks only (or is unstructured: the dense shapes, with zeros), else through the remote
+    code of `allocsearch.model.hf_export` (`trust_remote_code=True`).
+    """
     out_dir = check_export_dir(out_dir)
     space, model = composer.space, composer.model
     composer.apply(levels)
@@ -54,15 +72,83 @@ def write_pruned(composer: Composer, costs: CostModel, tokenizer, levels: np.nda
             "grid": space.to_dict()["grid"], "levels": space.levels_dict(levels),
             "allocation": space.allocation_dict(levels), "kept_groups": kept, "cost": costs.ratios(levels)}
     with _io.atomic_directory(out_dir) as tmp:
-        save_model(model, str(tmp / "model.safetensors"))
-        model.config.save_pretrained(tmp)
+        meta["layout"] = _write_weights(composer, levels, tmp)
         save_tokenizer(tokenizer, tmp)
         _io.write_json(tmp / "allocation.json", meta)
         _io.write_text(tmp / "space.yaml", yaml.safe_dump(space.spec, sort_keys=False))
         if result is not None:
             result.save(tmp / "result.json")
-    log.info("pruned model written to %s", out_dir)
+    log.info("pruned model written to %s (%s)", out_dir, LAYOUTS[meta["layout"]])
     return out_dir
+
+
+FOREIGN_LAYOUTS = {"decilm": "serve it with vLLM (DeciLMForCausalLM), or export again without --format decilm "
+                              "to load it here"}
+LAYOUTS = {
+    "stock": "a stock checkpoint with fewer blocks: from_pretrained loads it as is",
+    "remote_code": "per-block shapes: from_pretrained(..., trust_remote_code=True) loads it",
+    "masked": "dense shapes with zeros: from_pretrained loads it as is",
+}
+
+
+def _write_weights(composer: Composer, levels: np.ndarray, directory: Path) -> str:
+    """Write config.json and model.safetensors (and the modeling file if needed); returns the layout."""
+    space, model = composer.space, composer.model
+    if space.granularity == "unstructured":
+        model.config.save_pretrained(directory)
+        _save_tensors(checkpoint_tensors(model), directory)
+        return "masked"
+    kept_blocks = depth_only_blocks(space, levels)
+    if kept_blocks is not None and _write_stock(composer, levels, kept_blocks, directory):
+        return "stock"
+    composer.apply(levels)
+    _io.write_json(directory / "config.json", remote_code_config(model.config, pruned_layout(space, levels), space.task))
+    _io.write_text(directory / MODELING_FILE, modeling_source(model))
+    _save_tensors(checkpoint_tensors(model), directory)
+    return "remote_code"
+
+
+def _write_stock(composer: Composer, levels: np.ndarray, kept_blocks: list[int], directory: Path) -> bool:
+    """Write the stock checkpoint of a depth-only allocation if it reproduces the composed model."""
+    space, model = composer.space, composer.model
+    composer.apply(levels)
+    constants = {b: block_constant(model, space, b) for b in range(space.units[-1].block + 1) if b not in kept_blocks}
+    expected = _probe(model, space.task)
+    composer.apply(np.zeros_like(levels))
+    stock = stock_checkpoint(model, space, kept_blocks, constants, checkpoint_tensors(model))
+    if stock is None:
+        log.info("a removed block adds a constant with no earlier bias to fold it into: exporting with remote code")
+        return False
+    config, tensors = stock
+    config.save_pretrained(directory)
+    _save_tensors(tensors, directory)
+    loaded = _auto(space.task).from_pretrained(directory, dtype=next(model.parameters()).dtype)
+    got = _probe(loaded.to(next(model.parameters()).device), space.task)
+    tolerance = 1e-4 if got.dtype == torch.float32 else 2e-2
+    if float((got - expected).abs().max()) <= tolerance * float(expected.abs().max()):
+        return True
+    log.info("this family's blocks do not vanish when emptied (post-LN): exporting with remote code")
+    for name in ("config.json", "model.safetensors"):
+        (directory / name).unlink()
+    return False
+
+
+def _probe(model: nn.Module, task: str) -> torch.Tensor:
+    """The model's logits (or last hidden states) on fixed token ids."""
+    vocab = int(model.config.vocab_size)
+    ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(input_ids=ids.to(next(model.parameters()).device))
+    return (out.logits if task == "causal_lm" else out.last_hidden_state).float().cpu()
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    with _io.atomic_file(directory / "model.safetensors") as f:
+        f.write(save(tensors, metadata={"format": "pt"}))
+
+
+def _auto(task: str):
+    return transformers.AutoModelForCausalLM if task == "causal_lm" else transformers.AutoModel
 
 
 class _KeptShapes:
@@ -96,14 +182,28 @@ def load_pruned(directory: str | Path, *, attn_implementation: str = "sdpa") -> 
     if not meta_path.is_file():
         raise InputFileError(f"{str(directory)!r} holds no allocation.json; pass a directory written by export")
     meta = json.loads(meta_path.read_text())
-    config = transformers.AutoConfig.from_pretrained(directory)
-    auto = transformers.AutoModelForCausalLM if meta["task"] == "causal_lm" else transformers.AutoModel
+    layout = meta.get("layout", "remote_code")
+    if layout not in LAYOUTS:
+        raise InputFileError(f"{str(directory)!r} holds a {layout} export; "
+                             f"{FOREIGN_LAYOUTS.get(layout, 'this version of allocsearch cannot load it')}")
+    auto = _auto(meta["task"])
+    if layout != "remote_code":
+        return auto.from_pretrained(directory, attn_implementation=attn_implementation).eval().requires_grad_(False)
+    config_dict = json.loads((directory / "config.json").read_text())
+    for key in ("auto_map", "pruned_layout", "architectures"):
+        config_dict.pop(key, None)
+    base_type = config_dict.pop("model_type").removeprefix("pruned_")
+    config = transformers.AutoConfig.for_model(base_type, **config_dict)
     model = auto.from_config(config, attn_implementation=attn_implementation)
-    if meta["granularity"] == "structured":  # give every unit its exported shape
-        space = space_from_model(model, granularity="structured", space=directory / "space.yaml")
-        kept = meta["kept_groups"]
-        space = space.with_counts([sorted({0, u.groups - kept[u.name]}) for u in space.units])
-        levels = np.array([int(u.n_levels > 1) for u in space.units])
-        Composer(model, space, _KeptShapes(space)).apply(levels)
-    load_model(model, str(directory / "model.safetensors"))
+    # give every unit its exported shape
+    space = space_from_model(model, granularity="structured", space=directory / "space.yaml")
+    kept = meta["kept_groups"]
+    space = space.with_counts([sorted({0, u.groups - kept[u.name]}) for u in space.units])
+    levels = np.array([int(u.n_levels > 1) for u in space.units])
+    Composer(model, space, _KeptShapes(space)).apply(levels)
+    missing, unexpected = model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    if unexpected or set(missing) - tied:
+        raise InputFileError(f"{str(directory)!r}: model.safetensors does not fit its allocation "
+                             f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}); export it again")
     return model.eval().requires_grad_(False)

@@ -69,7 +69,7 @@ def test_export_from_a_result_file(model_dirs, cache_dir, tmp_path):
     out = export(tmp_path / "result.json", tmp_path / "pruned", progress=False)
     assert json.loads((out / "result.json").read_text())["levels"] == result.levels
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["allocation.json", "config.json", "model.safetensors", "result.json", "space.yaml",
+        ["allocation.json", "config.json", "model.safetensors", "modeling_pruned.py", "result.json", "space.yaml",
          "allocsearch_tokenizer.json"])
     with pytest.raises(SpaceError, match="pass the model the search used as model=PATH"):
         export(tmp_path / "result.json", tmp_path / "other", model=str(model_dirs["gpt2"]), progress=False)
