@@ -23,6 +23,8 @@ from .app.session import Session
 from .core.result import Result
 from .errors import AllocSearchError, ConfigError
 from .model.evaluator import DEFAULT_OBJECTIVE, OBJECTIVES
+from .model.export import EXPORT_FORMATS, LAYOUTS
+from .model.recipes import RECIPE_FORMATS
 from .searchers import QUICK, SEARCHERS
 from .searchers.optuna import default_storage, open_storage
 
@@ -42,6 +44,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grid-step", type=_fraction, default=1 / 16, help="level grid step (default 1/16)")
     g.add_argument("--max-level", type=_fraction, help="largest removed fraction (default 1.0 / 0.95)")
     g.add_argument("--channel-multiple", type=int, default=1, help="remove MLP channels in multiples of this")
+    g.add_argument("--fit", choices=["decilm"], help="only levels an export format holds: decilm (Nemotron-NAS)")
     g.add_argument("--seq-len", type=int, default=128, help="tokens per window; FLOPs are per token at this length")
     g.add_argument("--cache", dest="cache_dir", help="cache directory (default $ALLOCSEARCH_CACHE or ~/.cache/allocsearch)")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -130,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="makes the search reproducible (default: drawn and recorded)")
     p.add_argument("--out", default="result.json", help="result file (default result.json)")
     p.add_argument("--export", dest="export_dir", help="also write the pruned model to this directory")
+    p.add_argument("--export-format", choices=EXPORT_FORMATS, default="hf", help="hf (default: from_pretrained "
+                   "loads it), compressed (unstructured, sparse-bitmask weights) or decilm (vLLM; search with --fit decilm)")
     p.add_argument("--planner", help="add what the search evaluated to this planner file (made if missing)")
     p.add_argument("--plot", help="draw the allocation, a bar per unit, to this PNG file")
     p.add_argument("--max-evaluations", type=int, help="stop after this many candidate evaluations")
@@ -147,10 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="write each method's result.json here")
     _add_model_options(p)
 
-    p = commands.add_parser("export", help="write the pruned model of a result")
+    p = commands.add_parser("export", help="write the pruned model of a result, or its recipe for another tool")
     p.add_argument("--result", required=True, help="result.json written by search")
     p.add_argument("--model", help="the model the search used, when it is not where it was")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (a file for the recipe formats)")
+    p.add_argument("--format", "--export-format", dest="export_format", choices=[*EXPORT_FORMATS, *RECIPE_FORMATS],
+                   default="hf", help="model: hf (default), compressed, decilm; recipe (no model needed): "
+                   + ", ".join(RECIPE_FORMATS))
 
     p = commands.add_parser("info", help="units, levels and dense costs of a model's search space")
     p.add_argument("--errors", action="store_true", help="also compute the error table E[unit, level]")
@@ -301,7 +309,7 @@ def _search(args: argparse.Namespace) -> int:
     options, init = _method_options(args, session)
     checkpoint = args.checkpoint or f"{args.out}.checkpoint.npz"
     result = search(args.budget, method=args.method, seed=args.seed, session=session, out=args.out,
-                    export_dir=args.export_dir, init=init, method_options=options, checkpoint=checkpoint,
+                    export_dir=args.export_dir, export_format=args.export_format, init=init, method_options=options, checkpoint=checkpoint,
                     resume=args.resume, progress=not args.quiet, workers=args.workers,
                     ray_address=args.ray_address, max_evaluations=args.max_evaluations,
                     max_seconds=args.max_seconds)
@@ -338,8 +346,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    out = export(args.result, args.out, model=args.model, progress=not args.quiet)
-    print(f"pruned model -> {out}  (load it with allocsearch.load_pruned({str(out)!r}))")
+    out = export(args.result, args.out, export_format=args.export_format, model=args.model, progress=not args.quiet)
+    if args.export_format in RECIPE_FORMATS:
+        print(f"{args.export_format} recipe -> {out}")
+        return 0
+    layout = json.loads((out / "allocation.json").read_text())["layout"]
+    print(f"pruned model -> {out}: {LAYOUTS[layout]}; allocsearch.load_pruned({str(out)!r}) loads every layout "
+          "but decilm")
     return 0
 
 

@@ -36,6 +36,26 @@ def test_search_prints_the_table_and_writes_result_and_model(model_dirs, tmp_pat
     assert result["config"]["threads"] >= 1 and result["heldout_fitness"] > 0
 
 
+def test_export_writes_every_format(model_dirs, cache_dir, tmp_path, capsys):
+    unstructured = tmp_path / "unstructured.json"
+    assert main(["-q", "search", "--budget", "params=0.6", "--granularity", "unstructured", "--out", str(unstructured),
+                 "--export", str(tmp_path / "packed"), "--export-format", "compressed",
+                 *tiny_args(model_dirs, cache_dir, "llama")]) == 0
+    assert json.loads((tmp_path / "packed" / "allocation.json").read_text())["layout"] == "compressed"
+    assert load_pruned(tmp_path / "packed") is not None
+    for fmt, out in (("hf", "masked"), ("llm-compressor", "recipe.yaml"), ("nni", "nni.json")):
+        assert main(["-q", "export", "--result", str(unstructured), "--format", fmt, "--out", str(tmp_path / out)]) == 0
+        assert (tmp_path / out).exists()
+    printed = capsys.readouterr().out
+    assert "dense shapes with zeros: from_pretrained loads it as is" in printed
+    assert "llm-compressor recipe ->" in printed
+    sparsity = json.loads((tmp_path / "masked" / "allocation.json").read_text())["sparsity"]
+    assert sparsity == pytest.approx(json.loads(unstructured.read_text())["allocation"], abs=0.02)
+    assert main(["-q", "export", "--result", str(unstructured), "--format", "torch-pruning", "--out",
+                 str(tmp_path / "tp.json")]) == 2
+    assert "needs a result of granularity structured" in capsys.readouterr().err
+
+
 def test_several_budgets_at_once(model_dirs, cache_dir, tmp_path):
     out = tmp_path / "result.json"
     assert main(["-q", "search", "--budget", "flops=0.8", "--budget", "params=0.5", "--out", str(out),

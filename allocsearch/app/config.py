@@ -38,6 +38,9 @@ class RunConfig:
         space: a family name or a YAML file; None picks the family from the model's type.
         criterion: `magnitude`, `wanda` or `lsq`; None: `lsq` structured, `wanda` unstructured.
         grid_step, max_level, channel_multiple: the level grid (see `LevelGrid`).
+        fit: an export format every level must have the shapes of: `decilm` (NVIDIA's Nemotron-NAS,
+            which vLLM loads) keeps attention whole or removes it, and MLP widths on multiples of
+            256; Llama and Mistral models only. None: any shape. It changes the space and its id.
         calib, heldout: text files, one document per line; None uses the built-in text.
         calib_sequences, heldout_sequences, seq_len: how much text scores candidates, in windows of
             `seq_len` tokens; FLOPs are counted per token at `seq_len`.
@@ -73,6 +76,7 @@ class RunConfig:
     grid_step: float = 1 / 16
     max_level: float | None = None
     channel_multiple: int = 1
+    fit: str | None = None
     calib: str | None = None
     heldout: str | None = None
     calib_sequences: int = 128
@@ -109,7 +113,7 @@ class RunConfig:
         self.grid()  # checks the grid fields
 
     def grid(self) -> LevelGrid:
-        return LevelGrid(self.grid_step, self.max_level, self.channel_multiple)
+        return LevelGrid(self.grid_step, self.max_level, self.channel_multiple, self.fit)
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:

@@ -15,7 +15,8 @@ from ..core.budget import Budget, within
 from ..core.result import Result
 from ..core.space import LevelGrid
 from ..errors import ConfigError, SpaceError
-from ..model.export import check_export_dir
+from ..model.export import EXPORT_FORMATS, check_export_dir, check_export_format
+from ..model.recipes import RECIPE_FORMATS, write_recipe
 from ..searchers import get_searcher
 from ..searchers.termination import stop_conditions
 from .checkpoint import checkpoint_seed, fingerprint
@@ -33,7 +34,7 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
            session: Session | None = None, init: np.ndarray | dict[str, int] | None = None,
            method_options: dict | None = None, checkpoint: str | Path | None = None, resume: bool = False,
            workers: int = 1, ray_address: str | None = None, max_evaluations: int | None = None,
-           max_seconds: float | None = None, **options) -> Result:
+           max_seconds: float | None = None, export_format: str = "hf", **options) -> Result:
     """Search an allocation within `budget` and measure it.
 
     Args:
@@ -47,6 +48,9 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
             on Ray actors, locally or on the cluster at `ray_address`; results do not change.
         out: write the result JSON here.
         export_dir: write the pruned model here.
+        export_format: its format: `hf` (the default: `from_pretrained` loads it), `compressed`
+            (unstructured weights in sparse-bitmask form) or `decilm` (vLLM; search with
+            `fit="decilm"`); see `allocsearch.model.export`.
         session: reuse a `Session` (its config wins over `config` and `options`).
         init: a known allocation (level indices, or `{unit: level}`) to start from; it is evaluated
             first and the result is never worse than it.
@@ -64,6 +68,7 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
     """
     start = time.perf_counter()
     if export_dir is not None:
+        check_export_format(export_format)
         check_export_dir(export_dir)
     for name, value in (("max_evaluations", max_evaluations), ("max_seconds", max_seconds)):
         if value is not None and not value > 0:
@@ -115,24 +120,38 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
         os.unlink(checkpoint)  # the search is complete: nothing is left to resume
     if export_dir is not None:
         with stage(session.stages, "export", session.device):
-            final.export(outcome.levels, export_dir, result)
+            final.export(outcome.levels, export_dir, result, export_format=export_format)
         result.stages = dict(session.stages)
         if out is not None:
             result.save(out)
     return result
 
 
-def export(result: Result | str | Path, out_dir: str | Path, *, model: str | None = None,
+def export(result: Result | str | Path, out: str | Path, *, export_format: str = "hf", model: str | None = None,
            progress: bool = True) -> Path:
-    """Write the pruned model of a search result (a `Result` or its JSON file) to `out_dir`.
+    """Write the pruned model of a search result (a `Result` or its JSON file) to the directory `out`,
+    or its recipe for another tool to the file `out`.
+
+    Args:
+        export_format: a model format (`hf`, `compressed`, `decilm`; see `allocsearch.model.export`)
+            or a recipe format (`llm-compressor`, `nni`, `torch-pruning`; see
+            `allocsearch.model.recipes`), which needs no model.
+        model: the model the search used, when it is no longer where the result says.
 
     For example::
 
         allocsearch.export("result.json", "pruned/")
         pruned = allocsearch.load_pruned("pruned/")
+        allocsearch.export("result.json", "nni_config_list.json", export_format="nni")
     """
     if not isinstance(result, Result):
         result = Result.load(result)
+    if export_format in RECIPE_FORMATS:
+        return write_recipe(result, export_format, out)
+    if export_format not in EXPORT_FORMATS:
+        raise ConfigError(f"export_format={export_format!r} is not a format; choose one of "
+                          f"{', '.join([*EXPORT_FORMATS, *RECIPE_FORMATS])}")
+    check_export_dir(out)
     session = Session(RunConfig.from_dict({**result.config, **({"model": model} if model else {})}),
                       progress=progress)
     base_id = result.space.get("base_id", result.space.get("id"))
@@ -141,7 +160,7 @@ def export(result: Result | str | Path, out_dir: str | Path, *, model: str | Non
                          "pass the model the search used as model=PATH")
     if result.space.get("rounds"):  # found on a refined grid
         session = session.on_grid(result.space["rounds"][-1], LevelGrid(**result.space["grid"]))
-    return session.export(session.space.levels_from_dict(result.levels), out_dir, result)
+    return session.export(session.space.levels_from_dict(result.levels), out, result, export_format=export_format)
 
 
 def make_result(session: Session, method: str, budget: Budget, levels: np.ndarray, fitness: float, seed: int,

@@ -237,9 +237,10 @@ class Session:
         return Evaluator(self.composer, self.calib_pass, self.calib_tokens, self.heldout_pass, self.heldout_tokens,
                          config=self.config.evaluator_config())
 
-    def export(self, levels: np.ndarray, out_dir: str | Path, result=None) -> Path:
-        """Write the model pruned to `levels` to `out_dir` (see `allocsearch.model.export`)."""
-        return write_pruned(self.composer, self.costs, self.tokenizer, levels, out_dir, result)
+    def export(self, levels: np.ndarray, out_dir: str | Path, result=None, *, export_format: str = "hf") -> Path:
+        """Write the model pruned to `levels` to `out_dir` in `export_format` (see `allocsearch.model.export`)."""
+        return write_pruned(self.composer, self.costs, self.tokenizer, levels, out_dir, result,
+                            export_format=export_format)
 
     def table_key(self) -> str:
         """What an error table depends on: the supernet, the calibration pass, the kind, its fidelity and

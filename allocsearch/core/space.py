@@ -20,6 +20,7 @@ from ..errors import ConfigError, SpaceError
 
 GRANULARITIES = ("structured", "unstructured")
 TASKS = ("causal_lm", "encoder")
+FITS = {"decilm": 256}  # export format -> the multiple its MLP widths take; its attention is kept whole or removed
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,20 @@ class LevelGrid:
         max_level: the largest removed fraction; None means 1.0 for structured spaces (the
             sublayer may go) and 0.95 for unstructured ones.
         channel_multiple: MLP channels are removed in multiples of this (8 or 32 suit hardware).
+        fit: an export format whose shapes every level must have (`FITS`): `decilm` (NVIDIA's
+            Nemotron-NAS) keeps attention whole or removes it, and MLP widths on multiples of 256.
+
+    For example::
+
+        grid = LevelGrid(step=0.25, fit="decilm")
+        grid.counts(1024, "structured", grid.channel_step)  # (0, 256, 512, 768, 1024)
+        grid.counts(8, "structured", whole=True)  # (0, 8)
     """
 
     step: float = 1 / 16
     max_level: float | None = None
     channel_multiple: int = 1
+    fit: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.step <= 1:
@@ -92,14 +102,27 @@ class LevelGrid:
             raise ConfigError(f"max_level={self.max_level!r} must lie in (0, 1]; use e.g. 0.95")
         if int(self.channel_multiple) != self.channel_multiple or self.channel_multiple < 1:
             raise ConfigError(f"channel_multiple={self.channel_multiple!r} must be a positive integer, e.g. 8")
+        if self.fit is not None and self.fit not in FITS:
+            raise ConfigError(f"fit={self.fit!r} is not a known export format; use one of {', '.join(FITS)}, "
+                              "or None for any shape")
 
-    def counts(self, groups: int, granularity: str, multiple: int = 1) -> tuple[int, ...]:
-        """Removed counts of `groups` at each level, increasing and unique, starting at 0."""
+    @property
+    def channel_step(self) -> int:
+        """MLP channels are removed in multiples of this: `channel_multiple`, and the fit's multiple."""
+        return math.lcm(self.channel_multiple, FITS[self.fit]) if self.fit else self.channel_multiple
+
+    def counts(self, groups: int, granularity: str, multiple: int = 1, *, whole: bool = False) -> tuple[int, ...]:
+        """Removed counts of `groups` at each level, increasing and unique, starting at 0.
+
+        `whole` keeps only 0 and all of them (attention under a fit).
+        """
         top = self.max_level if self.max_level is not None else (1.0 if granularity == "structured" else 0.95)
         n = math.floor(top / self.step + 1e-9)
         counts = {min(groups, int(round(j * self.step * groups / multiple)) * multiple) for j in range(n + 1)}
         if top >= 1.0:
             counts.add(groups)
+        if whole:
+            counts &= {0, groups}
         return tuple(sorted(counts))
 
 
@@ -132,7 +155,10 @@ class SearchSpace:
     @property
     def id(self) -> str:
         """A short hash of everything that defines the space."""
-        blob = json.dumps([self.spec, self.granularity, [asdict(u) for u in self.units]], sort_keys=True)
+        parts = [self.spec, self.granularity, [asdict(u) for u in self.units]]
+        if self.grid.fit:  # the same counts under a fit are another space (its export differs)
+            parts.append(self.grid.fit)
+        blob = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @cached_property
@@ -177,11 +203,15 @@ class SearchSpace:
         Per unit: the removed fractions f + j * step for |j| <= width around its current fraction f,
         snapped to whole groups (and the channel multiple), kept within the unit's range, plus 0 so
         the dense model stays reachable. A unit too small for the step (a few heads) keeps at least
-        one group either side. The current allocation lies on the new grid.
+        one group either side; under a fit, attention keeps its two levels. The current allocation
+        lies on the new grid.
         """
         counts = []
         for unit, level in zip(self.units, levels):
-            multiple = self.grid.channel_multiple if unit.kind == "channels" else 1
+            if unit.kind == "heads" and self.grid.fit:  # kept whole or removed: nothing in between
+                counts.append(unit.counts)
+                continue
+            multiple = self.grid.channel_step if unit.kind == "channels" else 1
             centre, top = unit.counts[level], unit.counts[-1]
             near = {min(top, max(0, int(round((centre / unit.groups + j * step) * unit.groups / multiple)) * multiple))
                     for j in range(-width, width + 1)}
@@ -190,7 +220,7 @@ class SearchSpace:
             if centre < top and not any(c > centre for c in near):
                 near.add(min(top, centre + multiple))
             counts.append(tuple(sorted(near | {0, centre})))
-        return self.with_counts(counts, LevelGrid(step, self.grid.max_level, self.grid.channel_multiple))
+        return self.with_counts(counts, replace(self.grid, step=step))
 
     def level_of_counts(self, removed: list[int]) -> np.ndarray | None:
         """Level indices of an allocation given as removed groups per unit, or None when one is off this grid."""

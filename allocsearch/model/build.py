@@ -16,7 +16,10 @@ from ..core.cost import METRICS, CostModel
 from ..core.space import GRANULARITIES, LevelGrid, SearchSpace, Slice, Unit
 from ..errors import ConfigError, SpaceError
 from ._modules import get_module, is_linear, linear_shape
+from .decilm import check_space as check_decilm
 from .spec import load_spec
+
+FIT_CHECKS = {"decilm": check_decilm}  # LevelGrid.fit -> what refuses a space the format cannot hold
 
 
 def space_from_model(model: nn.Module, *, granularity: str = "structured", space: str | Path | None = None,
@@ -33,7 +36,10 @@ def space_from_model(model: nn.Module, *, granularity: str = "structured", space
     spec = load_spec(space, getattr(model.config, "model_type", None))
     _check_final(model, spec)
     units = _structured_units(model, spec, grid) if granularity == "structured" else _linear_units(model, spec, grid)
-    return SearchSpace(spec["family"], spec["task"], granularity, tuple(units), spec, grid)
+    space = SearchSpace(spec["family"], spec["task"], granularity, tuple(units), spec, grid)
+    if grid.fit:
+        FIT_CHECKS[grid.fit](model.config, space)
+    return space
 
 
 def costs_from_model(model: nn.Module, space: SearchSpace, *, seq_len: int) -> CostModel:
@@ -133,7 +139,7 @@ def _structured_units(model: nn.Module, spec: dict, grid: LevelGrid) -> list[Uni
             producers = (Slice(q, 0, per_group * head_dim), Slice(k, 0, head_dim), Slice(v, 0, head_dim))
         units.append(Unit(
             name=f"{at}.heads", kind="heads", block=b, groups=n_kv,
-            counts=grid.counts(n_kv, "structured"),
+            counts=grid.counts(n_kv, "structured", whole=grid.fit is not None),
             producers=producers, consumer=Slice(out_path, 0, per_group * head_dim),
             sublayer=f"{at}.{heads['attention']}", attrs=tuple(sorted(heads["set"].items())),
             heads_per_group=per_group, head_dim=head_dim,
@@ -146,7 +152,7 @@ def _structured_units(model: nn.Module, spec: dict, grid: LevelGrid) -> list[Uni
                 raise SpaceError(f"space {family}: {up!r} should have {n_channels} output rows like {down!r} has inputs")
         units.append(Unit(
             name=f"{at}.channels", kind="channels", block=b, groups=n_channels,
-            counts=grid.counts(n_channels, "structured", grid.channel_multiple),
+            counts=grid.counts(n_channels, "structured", grid.channel_step),
             producers=tuple(Slice(up, 0, 1) for up in ups), consumer=Slice(down, 0, 1),
             sublayer=f"{at}.{channels['mlp']}" if channels.get("mlp") else None,
         ))

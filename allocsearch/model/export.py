@@ -3,7 +3,9 @@
 An export directory loads with `from_pretrained` and holds `model.safetensors` and `config.json`
 in one of three layouts (`LAYOUTS`, see `allocsearch.model.hf_export`): a stock checkpoint with
 fewer blocks, the dense shapes with zeros (unstructured), or per-block shapes with
-`modeling_pruned.py` (sublayers without heads or channels replaced by their constant output). Beside
+`modeling_pruned.py` (sublayers without heads or channels replaced by their constant output). Two
+other formats are written on request (`EXPORT_FORMATS`): unstructured weights compressed
+(`allocsearch.model.sparse_weights`) and NVIDIA's DeciLM blocks for vLLM (`allocsearch.model.decilm`). Beside
 them: `allocation.json` (levels and kept groups per unit, and the layout), `space.yaml`, the
 tokenizer and, when there is one, the search `result.json`. `load_pruned` needs no remote code: it
 rebuilds the architecture from the stock config, gives every unit its kept shape with the same code
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +44,12 @@ from .hf_export import (
     remote_code_config,
     stock_checkpoint,
 )
+from .decilm import CONFIG_FILE as DECILM_CONFIG_FILE
+from .decilm import CONFIG_MODULE as DECILM_CONFIG_MODULE
+from .decilm import decilm_checkpoint
 from .loading import save_tokenizer
+from .recipes import write_recipes
+from .sparse_weights import load_compressed, per_layer_sparsity, write_compressed
 
 FORMAT = 1
 log = logging.getLogger(__name__)
@@ -57,13 +65,18 @@ def check_export_dir(out_dir: str | Path) -> Path:
 
 
 def write_pruned(composer: Composer, costs: CostModel, tokenizer, levels: np.ndarray, out_dir: str | Path,
-                 result: Result | None = None) -> Path:
+                 result: Result | None = None, *, export_format: str = "hf") -> Path:
     """Compose `levels` on the composer's model and write it to `out_dir` (atomically).
 
-    The directory loads with `from_pretrained`: as a stock checkpoint when the allocation removes
-    whole blocks only (or is unstructured: the dense shapes, with zeros), else through the remote
-    code of `allocsearch.model.hf_export` (`trust_remote_code=True`).
+    Args:
+        export_format: `hf`: a directory `from_pretrained` loads: a stock checkpoint when the
+            allocation removes whole blocks only (or is unstructured: the dense shapes, with
+            zeros), else through the remote code of `allocsearch.model.hf_export`
+            (`trust_remote_code=True`); `compressed`: an unstructured allocation's weights in
+            compressed-tensors' sparse-bitmask form; `decilm`: NVIDIA's DeciLM format, which vLLM
+            serves (Llama family, searched with `fit="decilm"`).
     """
+    check_export_format(export_format, composer.space)
     out_dir = check_export_dir(out_dir)
     space, model = composer.space, composer.model
     composer.apply(levels)
@@ -72,28 +85,54 @@ def write_pruned(composer: Composer, costs: CostModel, tokenizer, levels: np.nda
             "grid": space.to_dict()["grid"], "levels": space.levels_dict(levels),
             "allocation": space.allocation_dict(levels), "kept_groups": kept, "cost": costs.ratios(levels)}
     with _io.atomic_directory(out_dir) as tmp:
-        meta["layout"] = _write_weights(composer, levels, tmp)
+        meta["layout"] = _write_weights(composer, levels, tmp, export_format)
+        if space.granularity == "unstructured":  # what each layer really holds
+            meta["sparsity"] = per_layer_sparsity(checkpoint_tensors(model), [u.name for u in space.units])
         save_tokenizer(tokenizer, tmp)
         _io.write_json(tmp / "allocation.json", meta)
         _io.write_text(tmp / "space.yaml", yaml.safe_dump(space.spec, sort_keys=False))
         if result is not None:
             result.save(tmp / "result.json")
+            write_recipes(result, tmp / "recipes")
     log.info("pruned model written to %s (%s)", out_dir, LAYOUTS[meta["layout"]])
     return out_dir
 
 
-FOREIGN_LAYOUTS = {"decilm": "serve it with vLLM (DeciLMForCausalLM), or export again without --format decilm "
-                              "to load it here"}
-LAYOUTS = {
+EXPORT_FORMATS = ("hf", "compressed", "decilm")
+LAYOUTS = {  # what `allocation.json`'s layout says of the directory
     "stock": "a stock checkpoint with fewer blocks: from_pretrained loads it as is",
     "remote_code": "per-block shapes: from_pretrained(..., trust_remote_code=True) loads it",
     "masked": "dense shapes with zeros: from_pretrained loads it as is",
+    "compressed": "sparse-bitmask weights: allocsearch.load_pruned (or compressed-tensors <= 0.14) loads it",
+    "decilm": "NVIDIA's DeciLM blocks: vllm serve DIR --trust-remote-code",
 }
+FOREIGN_LAYOUTS = {"decilm": "serve it with vLLM (DeciLMForCausalLM), or export again without the decilm format "
+                             "to load it here"}
 
 
-def _write_weights(composer: Composer, levels: np.ndarray, directory: Path) -> str:
+def check_export_format(export_format: str, space: SearchSpace | None = None) -> None:
+    """Refuse an unknown format, or one the space's granularity cannot be written in."""
+    if export_format not in EXPORT_FORMATS:
+        raise ConfigError(f"export_format={export_format!r} is not a model format; choose one of "
+                          f"{', '.join(EXPORT_FORMATS)}")
+    needs = {"compressed": "unstructured", "decilm": "structured"}.get(export_format)
+    if space is not None and needs and space.granularity != needs:
+        raise ConfigError(f"export_format={export_format!r} writes {needs} allocations, and this one is "
+                          f"{space.granularity}; use export_format='hf'")
+
+
+def _write_weights(composer: Composer, levels: np.ndarray, directory: Path, export_format: str) -> str:
     """Write config.json and model.safetensors (and the modeling file if needed); returns the layout."""
     space, model = composer.space, composer.model
+    if export_format == "compressed":
+        write_compressed(model, [u.name for u in space.units], directory)
+        return "compressed"
+    if export_format == "decilm":
+        config, tensors = decilm_checkpoint(model.config, space, levels, model.state_dict())
+        _io.write_json(directory / "config.json", config)
+        shutil.copy(DECILM_CONFIG_MODULE, directory / DECILM_CONFIG_FILE)
+        _save_tensors(tensors, directory)
+        return "decilm"
     if space.granularity == "unstructured":
         model.config.save_pretrained(directory)
         _save_tensors(checkpoint_tensors(model), directory)
@@ -183,10 +222,12 @@ def load_pruned(directory: str | Path, *, attn_implementation: str = "sdpa") -> 
         raise InputFileError(f"{str(directory)!r} holds no allocation.json; pass a directory written by export")
     meta = json.loads(meta_path.read_text())
     layout = meta.get("layout", "remote_code")
-    if layout not in LAYOUTS:
+    if layout not in LAYOUTS or layout in FOREIGN_LAYOUTS:
         raise InputFileError(f"{str(directory)!r} holds a {layout} export; "
                              f"{FOREIGN_LAYOUTS.get(layout, 'this version of allocsearch cannot load it')}")
     auto = _auto(meta["task"])
+    if layout == "compressed":
+        return load_compressed(directory, attn_implementation=attn_implementation)
     if layout != "remote_code":
         return auto.from_pretrained(directory, attn_implementation=attn_implementation).eval().requires_grad_(False)
     config_dict = json.loads((directory / "config.json").read_text())

@@ -69,8 +69,13 @@ def test_export_from_a_result_file(model_dirs, cache_dir, tmp_path):
     out = export(tmp_path / "result.json", tmp_path / "pruned", progress=False)
     assert json.loads((out / "result.json").read_text())["levels"] == result.levels
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["allocation.json", "config.json", "model.safetensors", "modeling_pruned.py", "result.json", "space.yaml",
-         "allocsearch_tokenizer.json"])
+        ["allocation.json", "config.json", "model.safetensors", "modeling_pruned.py", "recipes", "result.json",
+         "space.yaml", "allocsearch_tokenizer.json"])
+    assert sorted(p.name for p in (out / "recipes").iterdir()) == ["nni_config_list.json", "torch_pruning_ratios.json"]
+    nni = export(tmp_path / "result.json", tmp_path / "nni.json", export_format="nni", model="/nowhere")  # no model read
+    assert nni == tmp_path / "nni.json" and nni.read_text() == (out / "recipes" / "nni_config_list.json").read_text()
+    with pytest.raises(ConfigError, match="export_format='onnx' is not a format; choose one of hf, compressed"):
+        export(tmp_path / "result.json", tmp_path / "x", export_format="onnx")
     with pytest.raises(SpaceError, match="pass the model the search used as model=PATH"):
         export(tmp_path / "result.json", tmp_path / "other", model=str(model_dirs["gpt2"]), progress=False)
 
