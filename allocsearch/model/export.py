@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import transformers  # a lazy module: its model classes load on first use
 import yaml
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import _io
@@ -182,8 +182,8 @@ def _probe(model: nn.Module, task: str) -> torch.Tensor:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], directory: Path) -> None:
-    with _io.atomic_file(directory / "model.safetensors") as f:
-        f.write(save(tensors, metadata={"format": "pt"}))
+    """`model.safetensors`, streamed to the file (the directory is a temporary one, swapped in whole)."""
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
 
 
 def _auto(task: str):

@@ -165,7 +165,7 @@ def write_compressed(model: nn.Module, modules: Iterable[str], directory: str | 
     config["architectures"] = [type(model).__name__]
     _io.write_json(directory / "config.json", config)
     _io.write_json(directory / ENTRY_FILE, compression_config(tensors, modules))
-    with _io.atomic_file(directory / WEIGHTS_FILE) as f:
+    with _io.atomic_file(directory / WEIGHTS_FILE) as f:  # compressed: a fraction of the model's size
         f.write(save({k: t.detach().cpu().contiguous() for k, t in packed.items()}, metadata={"format": "pt"}))
     return directory
 
