@@ -56,6 +56,18 @@ def test_export_writes_every_format(model_dirs, cache_dir, tmp_path, capsys):
     assert "needs a result of granularity structured" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--export-format", "compressed"], ("--export-format 'compressed' writes unstructured allocations, and this one "
+                                         "is structured; use --export-format 'hf'")),
+    (["--export-format", "decilm"], "--export-format 'decilm' needs a search with --fit 'decilm'"),
+    (["--granularity", "unstructured", "--export-format", "decilm"], "writes structured allocations")])
+def test_an_export_format_the_search_cannot_end_in_is_refused_before_the_model_loads(flags, message, tmp_path, capsys):
+    code = main(["-q", "search", "--budget", "flops=0.5", "--model", str(tmp_path / "no-model"), "--export",
+                 str(tmp_path / "pruned"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "no-model" not in err
+
+
 def test_several_budgets_at_once(model_dirs, cache_dir, tmp_path):
     out = tmp_path / "result.json"
     assert main(["-q", "search", "--budget", "flops=0.8", "--budget", "params=0.5", "--out", str(out),

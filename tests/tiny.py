@@ -15,6 +15,7 @@ from allocsearch.model.loading import save_tokenizer
 
 FAMILIES = ("gpt2", "opt", "llama", "qwen2", "bert")
 EXPORT_FAMILIES = (*FAMILIES, "mistral", "roberta")  # every model type of searchspaces/, for the exports
+DECODERS = {"llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}  # the Llama layout's model types
 
 
 def tiny_model(family: str) -> torch.nn.Module:
@@ -30,18 +31,12 @@ def tiny_model(family: str) -> torch.nn.Module:
         model = t.OPTForCausalLM(t.OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
                                              word_embed_proj_dim=16, bos_token_id=10, eos_token_id=10,
                                              pad_token_id=1, **common))
-    elif family == "llama":
-        model = t.LlamaForCausalLM(t.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                 num_attention_heads=4, num_key_value_heads=2, bos_token_id=10,
-                                                 eos_token_id=10, **common))
-    elif family == "qwen2":
-        model = t.Qwen2ForCausalLM(t.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                 num_attention_heads=4, num_key_value_heads=4, bos_token_id=10,
-                                                 eos_token_id=10, **common))
-    elif family == "mistral":
-        model = t.MistralForCausalLM(t.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                     num_attention_heads=4, num_key_value_heads=2, bos_token_id=10,
-                                                     eos_token_id=10, **common))
+    elif family in DECODERS:  # Llama and Mistral with grouped-query attention, Qwen2 without
+        name = DECODERS[family]
+        config = getattr(t, f"{name}Config")(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=4 if family == "qwen2" else 2,
+                                             bos_token_id=10, eos_token_id=10, **common)
+        model = getattr(t, f"{name}ForCausalLM")(config)
     elif family == "roberta":
         model = t.RobertaModel(t.RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                intermediate_size=64, vocab_size=256, max_position_embeddings=66,

@@ -67,8 +67,11 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
         result.cost["flops_ratio"], result.heldout
     """
     start = time.perf_counter()
+    if session is None and config is not None and options:
+        raise ConfigError(f"give either config= or keyword options, not both (got {sorted(options)})")
+    run_config = session.config if session is not None else config or RunConfig(**options)
     if export_dir is not None:
-        check_export_format(export_format)
+        _check_export(export_format, run_config)
         check_export_dir(export_dir)
     for name, value in (("max_evaluations", max_evaluations), ("max_seconds", max_seconds)):
         if value is not None and not value > 0:
@@ -77,9 +80,7 @@ def search(budget: Budget | str | list[str], *, method: str = "dp", seed: int | 
     searcher_class = get_searcher(method)
     searcher_class.parse_options(method_options)  # before any model is loaded
     if session is None:
-        if config is not None and options:
-            raise ConfigError(f"give either config= or keyword options, not both (got {sorted(options)})")
-        session = Session(config or RunConfig(**options), progress=progress)
+        session = Session(run_config, progress=progress)
     budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
     if seed is None and resume and checkpoint and Path(checkpoint).is_file():
         seed = checkpoint_seed(Path(checkpoint))  # the drawn seed of the search being resumed
@@ -151,6 +152,7 @@ def export(result: Result | str | Path, out: str | Path, *, export_format: str =
     if export_format not in EXPORT_FORMATS:
         raise ConfigError(f"export_format={export_format!r} is not a format; choose one of "
                           f"{', '.join([*EXPORT_FORMATS, *RECIPE_FORMATS])}")
+    check_export_format(export_format, result.space.get("granularity"))  # before the model loads
     check_export_dir(out)
     session = Session(RunConfig.from_dict({**result.config, **({"model": model} if model else {})}),
                       progress=progress)
@@ -161,6 +163,14 @@ def export(result: Result | str | Path, out: str | Path, *, export_format: str =
     if result.space.get("rounds"):  # found on a refined grid
         session = session.on_grid(result.space["rounds"][-1], LevelGrid(**result.space["grid"]))
     return session.export(session.space.levels_from_dict(result.levels), out, result, export_format=export_format)
+
+
+def _check_export(export_format: str, config: RunConfig) -> None:
+    """Refuse, before any model is loaded, an export format the search cannot end in."""
+    check_export_format(export_format, config.granularity)
+    if export_format == "decilm" and config.fit != "decilm":
+        raise ConfigError("export_format='decilm' needs a search with fit='decilm', whose levels all have DeciLM "
+                          "shapes; add it, or export in another format")
 
 
 def make_result(session: Session, method: str, budget: Budget, levels: np.ndarray, fitness: float, seed: int,

@@ -34,6 +34,9 @@ from ..core.space import SearchSpace
 from ..errors import ConfigError, InputFileError
 from .build import space_from_model
 from .compose import Composer
+from .decilm import CONFIG_FILE as DECILM_CONFIG_FILE
+from .decilm import CONFIG_MODULE as DECILM_CONFIG_MODULE
+from .decilm import decilm_checkpoint
 from .hf_export import (
     MODELING_FILE,
     block_constant,
@@ -44,9 +47,6 @@ from .hf_export import (
     remote_code_config,
     stock_checkpoint,
 )
-from .decilm import CONFIG_FILE as DECILM_CONFIG_FILE
-from .decilm import CONFIG_MODULE as DECILM_CONFIG_MODULE
-from .decilm import decilm_checkpoint
 from .loading import save_tokenizer
 from .recipes import write_recipes
 from .sparse_weights import load_compressed, per_layer_sparsity, write_compressed
@@ -76,7 +76,7 @@ def write_pruned(composer: Composer, costs: CostModel, tokenizer, levels: np.nda
             compressed-tensors' sparse-bitmask form; `decilm`: NVIDIA's DeciLM format, which vLLM
             serves (Llama family, searched with `fit="decilm"`).
     """
-    check_export_format(export_format, composer.space)
+    check_export_format(export_format, composer.space.granularity)
     out_dir = check_export_dir(out_dir)
     space, model = composer.space, composer.model
     composer.apply(levels)
@@ -87,7 +87,7 @@ def write_pruned(composer: Composer, costs: CostModel, tokenizer, levels: np.nda
     with _io.atomic_directory(out_dir) as tmp:
         meta["layout"] = _write_weights(composer, levels, tmp, export_format)
         if space.granularity == "unstructured":  # what each layer really holds
-            meta["sparsity"] = per_layer_sparsity(checkpoint_tensors(model), [u.name for u in space.units])
+            meta["sparsity"] = per_layer_sparsity(model.state_dict(), [u.name for u in space.units])
         save_tokenizer(tokenizer, tmp)
         _io.write_json(tmp / "allocation.json", meta)
         _io.write_text(tmp / "space.yaml", yaml.safe_dump(space.spec, sort_keys=False))
@@ -110,15 +110,15 @@ FOREIGN_LAYOUTS = {"decilm": "serve it with vLLM (DeciLMForCausalLM), or export 
                              "to load it here"}
 
 
-def check_export_format(export_format: str, space: SearchSpace | None = None) -> None:
-    """Refuse an unknown format, or one the space's granularity cannot be written in."""
+def check_export_format(export_format: str, granularity: str | None = None) -> None:
+    """Refuse an unknown format, or one an allocation of `granularity` cannot be written in."""
     if export_format not in EXPORT_FORMATS:
         raise ConfigError(f"export_format={export_format!r} is not a model format; choose one of "
                           f"{', '.join(EXPORT_FORMATS)}")
     needs = {"compressed": "unstructured", "decilm": "structured"}.get(export_format)
-    if space is not None and needs and space.granularity != needs:
+    if granularity is not None and needs and granularity != needs:
         raise ConfigError(f"export_format={export_format!r} writes {needs} allocations, and this one is "
-                          f"{space.granularity}; use export_format='hf'")
+                          f"{granularity}; use export_format='hf'")
 
 
 def _write_weights(composer: Composer, levels: np.ndarray, directory: Path, export_format: str) -> str:

@@ -47,7 +47,8 @@ def pruned_layout(space: SearchSpace, levels: np.ndarray) -> dict:
 def _unit_layout(unit: Unit, prefix: str) -> dict:
     rows: dict[str, int] = {}
     for s in unit.producers:  # a fused q|k|v layer appears once per part
-        rows[s.module.removeprefix(prefix)] = rows.get(s.module.removeprefix(prefix), 0) + s.width
+        path = s.module.removeprefix(prefix)
+        rows[path] = rows.get(path, 0) + s.width
     layout = {"groups": unit.groups, "rows": rows, "columns": {unit.consumer.module.removeprefix(prefix): unit.consumer.width},
               "sublayer": unit.sublayer.removeprefix(prefix) if unit.sublayer else None, "attention": unit.kind == "heads"}
     if unit.kind == "heads":

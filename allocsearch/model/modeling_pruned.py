@@ -49,9 +49,9 @@ def resize_linear(linear: nn.Module, rows: int | None = None, columns: int | Non
         linear.in_features, linear.out_features = in_features, out_features
 
 
-def prune_block(block: nn.Module, unit: dict, groups: int, kept: int) -> None:
-    """Size one unit of a block (`heads` or `channels`) for `kept` of its `groups` groups."""
-    if kept == groups:
+def prune_block(block: nn.Module, unit: dict, kept: int) -> None:
+    """Size one unit of a block (`heads` or `channels`) for `kept` of its groups."""
+    if kept == unit["groups"]:
         return
     for path, rows in unit["rows"].items():
         resize_linear(block.get_submodule(path), rows=kept * rows)
@@ -86,4 +86,4 @@ class PrunedModel(BaseModel):
         layout = config.pruned_layout
         for block, kept in zip(self.get_submodule(layout["blocks"]), layout["layers"]):
             for name, unit in layout["units"].items():
-                prune_block(block, unit, unit["groups"], kept[name] // unit.get("heads_per_group", 1))
+                prune_block(block, unit, kept[name] // unit.get("heads_per_group", 1))

@@ -76,6 +76,8 @@ def test_export_from_a_result_file(model_dirs, cache_dir, tmp_path):
     assert nni == tmp_path / "nni.json" and nni.read_text() == (out / "recipes" / "nni_config_list.json").read_text()
     with pytest.raises(ConfigError, match="export_format='onnx' is not a format; choose one of hf, compressed"):
         export(tmp_path / "result.json", tmp_path / "x", export_format="onnx")
+    with pytest.raises(ConfigError, match="export_format='compressed' writes unstructured allocations"):
+        export(tmp_path / "result.json", tmp_path / "x", export_format="compressed", model="/nowhere")  # no model read
     with pytest.raises(SpaceError, match="pass the model the search used as model=PATH"):
         export(tmp_path / "result.json", tmp_path / "other", model=str(model_dirs["gpt2"]), progress=False)
 
