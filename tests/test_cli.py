@@ -180,3 +180,28 @@ def test_every_option_field_is_a_flag(model_dirs, cache_dir, tmp_path):
                  "0.5,1", "--survivors", "2,1", "--out", str(tmp_path / "e.json"), *args]) == 0
     options = json.loads((tmp_path / "e.json").read_text())["options"]
     assert options["fidelities"] == [0.5, 1.0] and options["survivors"] == [2, 1]
+
+
+def test_quiet_goes_before_or_after_the_subcommand():
+    from allocsearch.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["search", "--budget", "flops=0.5", "-q"]).quiet is True
+    assert parser.parse_args(["-q", "search", "--budget", "flops=0.5"]).quiet is True
+    assert parser.parse_args(["search", "--budget", "flops=0.5"]).quiet is False
+
+
+def test_argparse_mistakes_are_one_line_without_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--budget", "flops=0.5", "--threads", "many"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage:" not in err and err.count("\n") == 1
+    assert err.startswith("allocsearch: error: argument --threads: 'many' is not an integer;")
+
+
+def test_library_names_become_flags_even_without_a_value():
+    from allocsearch.cli import _as_flags
+
+    flags = {"max_level": "--max-level", "grid_step": "--grid-step"}
+    assert _as_flags("allow deeper levels (max_level=)", flags) == "allow deeper levels (--max-level)"
+    assert _as_flags("grid_step=0 must lie in (0, 1]", flags) == "--grid-step 0 must lie in (0, 1]"

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import _io
 from ..errors import ConfigError
+from .paths import READ_ERRORS, damage
 
 log = logging.getLogger(__name__)
 FORMAT = 2
@@ -44,8 +45,35 @@ def checkpoint_seed(path: Path) -> int | None:
     """The seed a checkpoint was written with (to resume a search whose seed was drawn), if readable."""
     try:
         return int(_io.read_npz(path)[0]["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except READ_ERRORS:
         return None
+
+
+def check_readable(path: Path) -> None:
+    """Raise `ConfigError` when the checkpoint at `path` is damaged: a resume checks it before any model
+    is loaded.
+
+    For example::
+
+        check_readable(Path("result.json.checkpoint.npz"))
+    """
+    _read(path)
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    """(meta, arrays) of a checkpoint, every part `load` reads present; `ConfigError` otherwise."""
+    try:
+        meta, arrays = _io.read_npz(path)
+        if not isinstance(meta, dict):
+            raise ValueError("its metadata is not a mapping")
+        missing = [k for k in ("format", "identity", "seed", "state", "rounds", "grid", "seconds") if k not in meta]
+        missing += [k for k in ("seen", "levels", "fidelity", "fitness", "round") if k not in arrays]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except READ_ERRORS as exc:
+        raise ConfigError(f"checkpoint={str(path)!r} cannot be read ({damage(exc)}); delete it to start afresh, "
+                          "or name another file") from None
+    return meta, arrays
 
 
 def save(path: Path, identity: str, seed: int, saved: Saved) -> None:
@@ -68,10 +96,7 @@ def load(path: Path, identity: str) -> Saved | None:
     if not path.is_file():
         log.info("no checkpoint at %s; starting afresh", path)
         return None
-    try:
-        meta, arrays = _io.read_npz(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"checkpoint={str(path)!r} cannot be read ({exc}); delete it to start afresh") from None
+    meta, arrays = _read(path)
     if meta.get("format") != FORMAT or meta.get("identity") != identity:
         raise ConfigError(f"checkpoint={str(path)!r} was written by a different search (method, options, seed, "
                           "budget or model); rerun that search to resume it, or set resume=False to start afresh")

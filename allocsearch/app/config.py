@@ -7,16 +7,19 @@ It is flat on purpose: each field is one keyword of `search()` and one CLI flag,
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
-from ..core.space import LevelGrid
-from ..errors import ConfigError
+from ..core.space import GRANULARITIES, LevelGrid
+from ..errors import ConfigError, InputFileError
 from ..model._torch import available_cores
 from ..model.evaluator import EvaluatorConfig, check_objective
+from ..model.pruners import CRITERIA
+from ..model.spec import load_spec
 from ..model.supernet import SupernetConfig
 from .tables import check_table
 
@@ -26,6 +29,32 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def default_cache_dir() -> Path:
     """`$ALLOCSEARCH_CACHE`, else `~/.cache/allocsearch`."""
     return Path(os.environ.get("ALLOCSEARCH_CACHE") or Path.home() / ".cache" / "allocsearch")
+
+
+def device_problem(device: str) -> str | None:
+    """Why this machine's torch cannot use `device` (`auto`, `cpu`, `cuda`, `cuda:1`, ...); None when it can.
+
+    For example::
+
+        device_problem("cpu")  # None
+        device_problem("cuda")  # "this machine's torch has no cuda device" on a CPU-only build
+    """
+    if device == "auto":
+        return None
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return "it is not a torch device"
+    if kind.type == "cpu":
+        return None
+    backend = torch.backends.mps if kind.type == "mps" else getattr(torch, kind.type, None)
+    if backend is None or not getattr(backend, "is_available", lambda: False)():
+        built = kind.type != "cuda" or torch.backends.cuda.is_built()
+        return f"this machine's torch has no {kind.type} device{'' if built else ' (it is built without CUDA)'}"
+    count = getattr(backend, "device_count", lambda: 1)()
+    if kind.index is not None and kind.index >= count:
+        return f"this machine has {count} {kind.type} device(s), numbered from 0"
+    return None
 
 
 @dataclass(frozen=True)
@@ -98,6 +127,14 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} must be one of {', '.join(DTYPES)}")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"granularity={self.granularity!r} must be one of {', '.join(GRANULARITIES)}")
+        if self.criterion is not None and self.criterion not in CRITERIA:
+            raise ConfigError(f"criterion={self.criterion!r} is unknown; choose one of {', '.join(CRITERIA)}, "
+                              "or None for the default")
+        problem = device_problem(self.device)
+        if problem is not None:
+            raise ConfigError(f"device={self.device!r}: {problem}; use auto (a GPU when there is one) or cpu")
         if self.threads is None:
             object.__setattr__(self, "threads", available_cores())
         for name in ("calib_sequences", "heldout_sequences", "seq_len", "threads", "batch_size"):
@@ -108,9 +145,27 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name}={value!r} must be a positive integer, or None for the default")
+        if not (isinstance(self.damp, (int, float)) and math.isfinite(self.damp) and self.damp >= 0):
+            raise ConfigError(f"damp={self.damp!r} must be a finite number >= 0, e.g. 0.01")
+        self.supernet_config()  # checks calib_from
         check_table(self.table, self.table_fidelity)
         check_objective(self.objective)  # against every task's; the Session checks the model's task
         self.grid()  # checks the grid fields
+        if self.space is not None:
+            load_spec(self.space, None)  # a known family, or a readable YAML file
+
+    def check_files(self) -> None:
+        """Refuse missing text files (`calib`, `heldout`) before any model is loaded; a search calls it.
+
+        For example::
+
+            RunConfig(calib="notes.txt").check_files()  # InputFileError when notes.txt is missing
+        """
+        for name in ("calib", "heldout"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).expanduser().is_file():
+                raise InputFileError(f"{name}={str(path)!r}: no such file; pass a UTF-8 text file, one document "
+                                     "per line")
 
     def grid(self) -> LevelGrid:
         return LevelGrid(self.grid_step, self.max_level, self.channel_multiple, self.fit)

@@ -22,15 +22,16 @@ from optuna.trial import TrialState
 from .. import _io
 from ..core.budget import KINDS, Budget
 from ..core.cost import METRICS, CostModel
-from ..core.problem import Problem
+from ..core.problem import Problem, unit_limit
 from ..core.result import Result
 from ..core.space import SearchSpace
-from ..errors import BudgetError, InputFileError, SpaceError
+from ..errors import AllocSearchError, BudgetError, InputFileError, SpaceError
 from ..searchers.optuna import default_storage, open_storage
 from ..solvers.dp import dp_allocate_constrained, dp_frontier
 from ..solvers.repair import predicted_error
 from ..solvers.shaped import uniform_levels
 from .config import RunConfig
+from .paths import READ_ERRORS, damage
 from .search import search
 from .session import Session
 
@@ -182,7 +183,7 @@ class Planner:
             b = fits[-1]  # errors do not increase with the bucket
             levels, predicted = allocations[b].astype(np.int64), errors[b]
         else:  # the frontier of one metric misses the others' limits: solve with prices
-            unit_limits = {m: limit - self.costs.constant[m] for m, limit in limits.items()}
+            unit_limits = {m: unit_limit(limit, self.costs.constant[m]) for m, limit in limits.items()}
             levels = dp_allocate_constrained(self.errors, self.costs.tables, unit_limits, primary=primary,
                                              resolution=self.resolution).levels
             predicted = predicted_error(self.errors, levels)
@@ -267,18 +268,23 @@ class Planner:
     @classmethod
     def load(cls, path: str | Path) -> Planner:
         path = Path(path)
+        if path.is_dir():
+            raise InputFileError(f"planner={str(path)!r} is a directory; name the planner file (.npz) in it")
         if not path.is_file():
-            raise InputFileError(f"planner file {str(path)!r}: no such file; make one with Planner.save "
+            raise InputFileError(f"planner={str(path)!r}: no such file; make one with Planner.save "
                                  "(on the command line: `allocsearch search ... --planner FILE`)")
         try:
             meta, arrays = _io.read_npz(path)
-        except (OSError, ValueError) as exc:
-            raise InputFileError(f"planner file {str(path)!r} is not a planner file ({exc})") from None
-        costs = CostModel({m: arrays[f"table_{m}"] for m in METRICS}, meta["constant"], meta["seq_len"],
-                          meta["dtype_bytes"])
-        frontiers = {m: (arrays[f"frontier_errors_{m}"], arrays[f"frontier_allocations_{m}"]) for m in METRICS}
-        planner = cls(SearchSpace.from_json(meta["space"]), costs, arrays["errors"], config=meta["config"],
-                      resolution=meta["resolution"], frontiers=frontiers)
-        for levels, fitness, fidelity in zip(arrays["levels"], arrays["fitness"], arrays["fidelity"]):
-            planner.add(levels, float(fitness), float(fidelity))
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, not {FORMAT}")
+            costs = CostModel({m: arrays[f"table_{m}"] for m in METRICS}, meta["constant"], meta["seq_len"],
+                              meta["dtype_bytes"])
+            frontiers = {m: (arrays[f"frontier_errors_{m}"], arrays[f"frontier_allocations_{m}"]) for m in METRICS}
+            planner = cls(SearchSpace.from_json(meta["space"]), costs, arrays["errors"], config=meta["config"],
+                          resolution=meta["resolution"], frontiers=frontiers)
+            for levels, fitness, fidelity in zip(arrays["levels"], arrays["fitness"], arrays["fidelity"]):
+                planner.add(levels, float(fitness), float(fidelity))
+        except (*READ_ERRORS, AttributeError, AllocSearchError) as exc:
+            raise InputFileError(f"planner={str(path)!r} cannot be read as a planner file ({damage(exc)}); make it "
+                                 "again with `allocsearch search ... --planner FILE`, or name another file") from None
         return planner

@@ -6,9 +6,25 @@ import re
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 
+from .paths import check_output_file
+
 LABELS = {"flops": "FLOPs per token", "params": "parameters", "memory": "memory (bytes)"}
+IMAGE_SUFFIXES = tuple(dict.fromkeys(f".{kind}" for kind in ("png", "pdf", "svg",  # the common ones first
+                                                               *sorted(FigureCanvasBase.get_supported_filetypes()))))
+
+
+def check_image_path(name: str, out: str | Path) -> Path:
+    """`out` as a `Path` when an image can be written there (a suffix matplotlib writes, a writable
+    folder); else a `ConfigError` naming `name`. Called before any model is loaded.
+
+    For example::
+
+        check_image_path("plot", "allocation.png")  # Path('allocation.png')
+    """
+    return check_output_file(name, out, suffixes=IMAGE_SUFFIXES)
 
 
 def plot_frontier(planner, metric: str, out: str | Path) -> Path:

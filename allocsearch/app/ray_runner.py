@@ -13,6 +13,10 @@ a seeded search gives the same result for any number of workers.
   two-core machine. `address=` or `RAY_ADDRESS` joins a cluster instead; Ray's token
   authentication is switched on for the client when a token is at hand (`RAY_AUTH_TOKEN`,
   `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`).
+- Reaching a cluster is bounded: a `host:port` or `ray://host:port` address must accept a TCP
+  connection within `ray_timeout` seconds (default `RAY_TIMEOUT`, or `$ALLOCSEARCH_RAY_TIMEOUT`),
+  else a `ConfigError` says so; Ray itself would retry forever. `auto` and other schemes go to Ray
+  unprobed.
 - Fault tolerance: actors restart when they die and their unfinished evaluations are retried, so
   the result does not change.
 - GPUs: when the session evaluates on CUDA, each actor reserves one GPU (`num_gpus=1`): run one
@@ -22,7 +26,9 @@ a seeded search gives the same result for any number of workers.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -62,10 +68,64 @@ def _token_available() -> bool:
 
 
 _local_ray_started = False  # whether `connect` started the local Ray this process is attached to
+RAY_TIMEOUT = 30.0  # seconds a cluster's address has to answer; $ALLOCSEARCH_RAY_TIMEOUT or ray_timeout= overrides
+TIMEOUT_VARIABLE = "ALLOCSEARCH_RAY_TIMEOUT"
 
 
-def connect(workers: int, threads: int, address: str | None = None) -> float:
-    """Start or join Ray; returns the seconds it took (0 when Ray was already up and big enough)."""
+def connect_timeout(timeout: float | None = None) -> float:
+    """The seconds to wait for a cluster: `timeout`, else `$ALLOCSEARCH_RAY_TIMEOUT`, else `RAY_TIMEOUT`.
+
+    For example::
+
+        connect_timeout(5)  # 5.0
+    """
+    name, value = "ray_timeout", timeout
+    if timeout is None:
+        name, value = TIMEOUT_VARIABLE, os.environ.get(TIMEOUT_VARIABLE, RAY_TIMEOUT)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{name}={value!r} must be a positive number of seconds, e.g. 30")
+    return seconds
+
+
+def check_address(address: str | None, timeout: float) -> None:
+    """Wait up to `timeout` seconds for `address` (`host:port` or `ray://host:port`) to accept a TCP
+    connection; `ConfigError` if it does not. None, `auto`, `local` and other schemes pass unprobed.
+
+    For example::
+
+        check_address("10.0.0.5:6379", timeout=30)
+    """
+    if not address or address in ("auto", "local"):
+        return
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    if "://" in target:
+        return
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"ray_address={address!r} is not host:port or ray://host:port; give the head's address, "
+                          "e.g. 10.0.0.5:6379")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(0.05, min(2.0, left))):
+                return
+        except OSError as exc:
+            if time.monotonic() + 0.25 >= deadline:
+                raise ConfigError(f"ray_address={address!r}: nothing answered at {host}:{port} within {timeout:g} s "
+                                  f"({exc.strerror or exc}); start the head there (ray start --head) or fix the "
+                                  "address; ray_timeout=SECONDS waits longer") from None
+            time.sleep(0.25)
+
+
+def connect(workers: int, threads: int, address: str | None = None, timeout: float | None = None) -> float:
+    """Start or join Ray; returns the seconds it took (0 when Ray was already up and big enough).
+    Joining waits at most `timeout` seconds (see `connect_timeout`) for the address to answer."""
     global _local_ray_started
     address = address or os.environ.get("RAY_ADDRESS")
     cpus = workers * threads + 1
@@ -77,6 +137,7 @@ def connect(workers: int, threads: int, address: str | None = None) -> float:
     start = time.perf_counter()
     try:
         if address:
+            check_address(address, connect_timeout(timeout))
             if "RAY_AUTH_MODE" not in os.environ and _token_available():
                 os.environ["RAY_AUTH_MODE"] = "token"
             ray.init(address=address, log_to_driver=False)
@@ -104,11 +165,12 @@ class RayRunner:
         runner.evaluate([levels_a, levels_b])  # [0.041, 0.037]
     """
 
-    def __init__(self, session, *, workers: int, address: str | None = None, timeout: float = 300.0) -> None:
+    def __init__(self, session, *, workers: int, address: str | None = None, timeout: float = 300.0,
+                 ray_timeout: float | None = None) -> None:
         if workers < 1:
             raise ConfigError(f"workers={workers} must be at least 1")
         threads = session.config.threads
-        self.ray_seconds = connect(workers, threads, address)  # 0 when Ray was already up
+        self.ray_seconds = connect(workers, threads, address, ray_timeout)  # 0 when Ray was already up
         _ = session.supernet, session.calib_pass, session.heldout_pass  # the caches, built here once; actors open them
         space = session.space
         spec = {"config": asdict(session.config), "counts": space.counts,
@@ -135,8 +197,15 @@ class RayRunner:
         self.actors = []
 
 
-def runner_factory(workers: int, address: str | None = None):
-    """A function of a session giving its runner: in-process for one worker, Ray actors for more."""
-    if workers <= 1 and not address:
+def runner_factory(workers: int, address: str | None = None, ray_timeout: float | None = None):
+    """A function of a session giving its runner: in-process for one worker, Ray actors for more.
+    With Ray, the cluster's address (`address` or `$RAY_ADDRESS`) is probed here, before any model
+    is loaded (see `check_address`)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"workers={workers!r} must be a positive integer (1 evaluates in this process)")
+    if workers == 1 and not address:
         return lambda session: InProcessRunner(session.evaluator)
-    return lambda session: RayRunner(session, workers=max(workers, 1), address=address)
+    wait = connect_timeout(ray_timeout)
+    if not ray.is_initialized():
+        check_address(address or os.environ.get("RAY_ADDRESS"), wait)
+    return lambda session: RayRunner(session, workers=workers, address=address, ray_timeout=wait)

@@ -45,6 +45,7 @@ from .stages import stage
 from .tables import error_table, proxy_table
 
 log = logging.getLogger(__name__)
+TABLE_FORMAT = 2  # of a cached error table: an .npz whose array checksums read_npz checks
 
 
 class Session:
@@ -257,6 +258,14 @@ class Session:
         if table is not None:
             log.info("error table read from %s", path)
             return table
+        with _io.locked(path):  # a second process on the same table waits, then reads the first one's
+            table = _read_table(path, quiet=True)
+            if table is None:
+                table = self._measure_table(runner)
+                _io.write_npz(path, {"format": TABLE_FORMAT, "kind": self.config.table}, {"table": table})
+        return table
+
+    def _measure_table(self, runner: Runner | None) -> np.ndarray:
         kind, fidelity = self.config.table, self.config.table_fidelity
         runner = runner or InProcessRunner(self.evaluator)
         with stage(self.stages, "table", self.device):
@@ -270,20 +279,19 @@ class Session:
                 log.info("%s error table: %d single-unit candidates on %.3g of the calibration batches", kind,
                          int((self.space.n_levels - 1).sum()), fidelity)
                 table = error_table(runner, self.space.n_levels, fidelity=fidelity, progress=self.progress)
-        _io.write_npz(path, {"kind": kind, "sha256": hashlib.sha256(table.tobytes()).hexdigest()}, {"table": table})
         return table
 
 
-def _read_table(path: Path) -> np.ndarray | None:
-    """A cached table whose checksum matches, else None (a corrupt one is rebuilt)."""
+def _read_table(path: Path, quiet: bool = False) -> np.ndarray | None:
+    """A cached table that verifies (see `_io.read_npz`), else None: a corrupt one is measured again."""
     if not path.is_file():
         return None
     try:
         meta, arrays = _io.read_npz(path)
-        table = arrays["table"]
-        if hashlib.sha256(table.tobytes()).hexdigest() == meta["sha256"]:
-            return table
-    except (OSError, ValueError, KeyError, TypeError):
+        if meta.get("format") == TABLE_FORMAT:
+            return arrays["table"]
+    except (OSError, ValueError, KeyError):
         pass
-    log.warning("error table %s is corrupt; measuring it again", path)
+    if not quiet:
+        log.warning("error table %s is corrupt or of an older format; measuring it again", path)
     return None

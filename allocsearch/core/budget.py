@@ -7,6 +7,7 @@ is absolute; `"40%"` is a fraction too. Several limits hold at once.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..errors import BudgetError
 from .cost import CostModel
+from .space import SearchSpace
 
 KINDS = {"flops": "flops", "params": "params", "memory": "bytes"}  # budget kind -> cost metric
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
@@ -35,6 +37,9 @@ def _parse_value(kind: str, value: float | int | str) -> float:
             )
         number, unit = float(match.group(1)), (match.group(2) or "").upper()
         if unit == "%":
+            if number > 100:
+                raise BudgetError(f"budget {kind}={value!r} is more than dense; a percentage is of dense, at "
+                                  f"most 100% (e.g. {kind}=50%)")
             number /= 100
         elif unit:
             if kind != "memory":
@@ -42,6 +47,10 @@ def _parse_value(kind: str, value: float | int | str) -> float:
             number *= _SIZE_UNITS[unit]
     if not np.isfinite(number) or number <= 0:
         raise BudgetError(f"budget {kind}={value!r} must be positive")
+    if 1 < number <= 2:
+        raise BudgetError(f"budget {kind}={value!r} is neither a fraction of dense (at most 1, e.g. {kind}=0.5) "
+                          f"nor a plausible absolute {'size' if kind == 'memory' else 'count'} (e.g. "
+                          f"{'memory=300MB' if kind == 'memory' else kind + '=1.2e9'}); write one of those")
     return number
 
 
@@ -110,7 +119,7 @@ class Budget:
                     f"{minimum[metric] / dense[metric]:.3f} of dense ({minimum[metric]:.4g}) for this search "
                     "space; raise the budget or allow deeper levels (max_level=)"
                 )
-            limits[metric] = limit
+            limits[metric] = max(limit, minimum[metric])  # a fraction of dense can round a hair below it
         return limits
 
 
@@ -118,3 +127,34 @@ def within(costs: CostModel, levels: np.ndarray, limits: dict[str, float]) -> bo
     """True when the allocation meets every limit (on the hot path of every searcher)."""
     idx = np.arange(len(levels))
     return all(costs.constant[m] + costs.tables[m][idx, levels].sum() <= limit for m, limit in limits.items())
+
+
+def check_keeps_something(budget: Budget, limits: dict[str, float], space: SearchSpace, costs: CostModel) -> None:
+    """Refuse limits that only an allocation removing every unit whole meets: its pruned model has no blocks.
+
+    The smallest useful budget, named in the message, is the cost (as a fraction of dense, per kind of
+    the budget) of the cheapest allocation that keeps part of one unit.
+
+    For example::
+
+        budget = Budget(flops=0.01)
+        check_keeps_something(budget, budget.limits(costs), space, costs)
+        # BudgetError: budget flops=0.01 leaves room only for removing every block (...); the smallest
+        # budget that keeps part of one is flops=0.052 of dense: raise it to that or more
+    """
+    deepest = space.n_levels - 1  # (units,)
+    if not all(u.counts[-1] == u.groups for u in space.units):
+        return  # the cheapest allocation already keeps part of a unit
+    shallower = np.arange(int(space.n_levels.max()))[None, :] < deepest[:, None]  # (units, max_levels)
+    idx = np.arange(space.n_units)
+    extra = {m: np.where(shallower, t - t[idx, deepest][:, None], np.inf) for m, t in costs.tables.items()}
+    fits = np.ones(shallower.shape, dtype=bool)  # (units, max_levels): all units whole-removed but this cell
+    for m, limit in limits.items():
+        fits &= costs.minimum[m] + extra[m] <= limit * (1 + 1e-12)
+    if fits.any():
+        return
+    least = {m: (costs.minimum[m] + extra[m].min()) / costs.dense[m] for m in limits}  # metric -> ratio to dense
+    smallest = ", ".join(f"{kind}={math.ceil(least[KINDS[kind]] * 1000) / 1000:.3f}" for kind in budget.to_dict())
+    raise BudgetError(f"budget {budget} leaves room only for removing every block (the pruned model would have "
+                      f"none); the smallest budget that keeps part of one is {smallest} of dense: raise it to that "
+                      "or more")

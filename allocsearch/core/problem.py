@@ -76,8 +76,9 @@ class Problem:
 
     @property
     def unit_limits(self) -> dict[str, float]:
-        """Each limit less its cost outside the units (`costs.constant`): what the units' tables may sum to."""
-        return {m: limit - self.costs.constant[m] for m, limit in self.limits.items()}
+        """Each limit less its cost outside the units (`costs.constant`): what the units' tables may sum
+        to, as the largest float that `within` agrees with (see `unit_limit`)."""
+        return {m: unit_limit(limit, self.costs.constant[m]) for m, limit in self.limits.items()}
 
     def feasible(self, levels: np.ndarray) -> bool:
         return within(self.costs, levels, self.limits)
@@ -86,3 +87,25 @@ class Problem:
     def primary(self) -> str:
         """The metric a single-constraint solver works on: flops when limited, else the first limit."""
         return "flops" if "flops" in self.limits else next(iter(self.limits))
+
+
+def unit_limit(limit: float, constant: float) -> float:
+    """The largest float u with `constant + u <= limit` in floating point: a solver summing unit costs
+    against `limit - constant` would, rounded, refuse by one ulp an allocation that `within` accepts.
+
+    >>> limit = 0.7 + 0.2  # an allocation of unit cost 0.2 with a constant of 0.7 meets it exactly
+    >>> limit - 0.7 < 0.2, unit_limit(limit, 0.7) >= 0.2
+    (True, True)
+    """
+    step = float(np.spacing(abs(limit)) + np.spacing(abs(constant)))  # one rounding of the sum moves it less
+    low = limit - constant
+    while constant + low > limit:
+        low -= step
+    high = low + step
+    while constant + high <= limit:
+        low, high = high, high + step
+    while True:  # bisect to adjacent floats: low within, high not
+        mid = low + (high - low) / 2
+        if not low < mid < high:
+            return float(low)
+        low, high = (mid, high) if constant + mid <= limit else (low, mid)

@@ -2,7 +2,8 @@
 
 Trained by the project itself, deterministically (fixed seed, fixed thread count), on the training
 split of the built-in text (the Python standard library's own sources), in under two minutes on two
-cores. It is cached under the cache directory, keyed by its recipe, the text and the torch version;
+cores. It is cached under the cache directory, keyed by its recipe, the text and the torch version,
+with every file checksummed in `manifest.json` (a corrupt copy is trained again, never used);
 `training.json` beside the weights reports its held-out perplexity against the unigram baseline.
 """
 
@@ -27,6 +28,7 @@ from .data import ByteTokenizer, builtin_documents, encode_stream
 from .loading import save_tokenizer
 
 log = logging.getLogger(__name__)
+FORMAT = 1  # of the cached directory: the weights, tokenizer and report, checksummed in manifest.json
 
 
 @dataclass(frozen=True)
@@ -56,14 +58,21 @@ def default_model_dir(cache_dir: str | Path, config: TrainConfig = TrainConfig()
     key_blob = json.dumps([asdict(config), torch.__version__.split("+")[0]]).encode() + train.numpy().tobytes()
     key = hashlib.sha256(key_blob).hexdigest()[:16]
     path = Path(cache_dir) / "default-model" / key
-    if (path / "training.json").is_file():
+    if _io.verify_manifest(path, FORMAT) is not None:
         return path
-    log.info("training the embedded default model once (about two minutes on two cores); it is cached in %s", path)
-    with _io.atomic_directory(path) as tmp:
-        model, report = train_default_model(train, config, progress=progress)
-        model.save_pretrained(tmp)
-        save_tokenizer(ByteTokenizer(), tmp)
-        _io.write_json(tmp / "training.json", report)
+    with _io.locked(path):  # a second process waits for the first one's training
+        if _io.verify_manifest(path, FORMAT) is not None:
+            return path
+        if path.exists():
+            log.warning("the default model in %s is incomplete or corrupt; training it again", path)
+        log.info("training the embedded default model once (about two minutes on two cores); it is cached in %s",
+                 path)
+        with _io.atomic_directory(path) as tmp:
+            model, report = train_default_model(train, config, progress=progress)
+            model.save_pretrained(tmp)
+            save_tokenizer(ByteTokenizer(), tmp)
+            _io.write_json(tmp / "training.json", report)
+            _io.write_manifest(tmp, FORMAT)
     return path
 
 

@@ -14,7 +14,8 @@ Batches are fixed: batch i is sequences [i * batch_size, (i + 1) * batch_size), 
 every evaluation, so a block's input for a batch is exactly what a full forward gives it. On disk a
 directory per key (model weights, tokens, dtype, device, threads, batch size, top-k): one raw file
 per array and a manifest with shapes and SHA-256 checksums, written to a temporary directory and
-renamed into place; a directory that does not verify is rebuilt, never used. Reads are plain file
+renamed into place under a file lock (a second process on the same key waits and reads it); a
+directory that does not verify is rebuilt, never used. Reads are plain file
 reads of one batch, so memory holds one batch at a time however large the file.
 """
 
@@ -142,16 +143,21 @@ class DensePass:
         path = Path(cache_dir).expanduser() / "dense" / key
         manifest = _io.verify_manifest(path, FORMAT)
         if manifest is None:
-            log.info("dense pass over %d sequences (%s) into %s", len(tokens), "held-out" if heldout else "calibration",
-                     path)
-            with _io.atomic_directory(path) as tmp:
-                manifest = _run(tmp, blockwise, tokens, batch_size=batch_size, threads=threads, topk=topk,
-                                states=states, heldout=heldout, progress=progress)
-                manifest.update(format=FORMAT, key=key, key_parts=parts)
-                _io.write_json(tmp / "manifest.json", manifest)
-            manifest = _io.verify_manifest(path, FORMAT)
-            if manifest is None:
-                raise RuntimeError(f"the dense pass just written to {path} does not verify")
+            with _io.locked(path):  # a second process on the same key waits, then reads it
+                manifest = _io.verify_manifest(path, FORMAT)
+                if manifest is None:
+                    if path.exists():
+                        log.warning("dense pass %s is incomplete or corrupt; running it again", path)
+                    log.info("dense pass over %d sequences (%s) into %s", len(tokens),
+                             "held-out" if heldout else "calibration", path)
+                    with _io.atomic_directory(path) as tmp:
+                        manifest = _run(tmp, blockwise, tokens, batch_size=batch_size, threads=threads, topk=topk,
+                                        states=states, heldout=heldout, progress=progress)
+                        manifest.update(format=FORMAT, key=key, key_parts=parts)
+                        _io.write_json(tmp / "manifest.json", manifest)
+                    manifest = _io.verify_manifest(path, FORMAT)
+                    if manifest is None:
+                        raise RuntimeError(f"the dense pass just written to {path} does not verify")
         return cls(path, manifest)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import transformers  # a lazy module: its model classes load on first use
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import ModelLoadError
@@ -24,6 +25,16 @@ def _hub_hint(name: str) -> str:
     return ("no such local directory, and HF_HUB_OFFLINE=1 forbids the hub" if offline else
             "no such local directory, and the hub could not serve it; check the name and your network, "
             "or pass a local directory")
+
+
+def hide_progress() -> None:
+    """Hide transformers' own progress bars (loading weights) in this process; `ALLOCSEARCH_NO_PROGRESS=1` does too.
+
+    For example::
+
+        hide_progress()  # the CLI's -q
+    """
+    transformers.utils.logging.disable_progress_bar()
 
 
 def load_config(name: str):
@@ -43,8 +54,13 @@ def load_model(name: str, *, space: str | Path | None = None, dtype: torch.dtype
     config = load_config(name)
     spec = load_spec(space, config.model_type)
     auto = transformers.AutoModelForCausalLM if spec["task"] == "causal_lm" else transformers.AutoModel
+    if os.environ.get("ALLOCSEARCH_NO_PROGRESS") == "1":
+        hide_progress()
     try:
         model = auto.from_pretrained(name, dtype=dtype, attn_implementation=attn_implementation)
+    except SafetensorError as exc:
+        raise ModelLoadError(f"model={name!r}: its weights cannot be read ({exc}); the safetensors file is damaged "
+                             "or truncated: save or download the model again") from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"model={name!r} could not be loaded: {_hub_hint(name)} ({exc})") from None
     model.eval().requires_grad_(False)

@@ -12,7 +12,8 @@ error accumulation).
 
 On disk, a directory per cache key (model weights, space, criterion, grid, calibration data and
 options): one safetensors file per block and a `manifest.json` with SHA-256 checksums, written to a
-temporary directory and renamed into place. A cache whose manifest or checksums do not match is
+temporary directory and renamed into place, under a file lock (a second process starting the same
+build waits and reads the first one's). A cache whose manifest or checksums do not match is
 rebuilt, never used. Per-level weights are read when a candidate needs them, into memory of their
 own (only the variants in use take memory), and never written.
 """
@@ -22,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,17 +153,18 @@ class Supernet:
         path = Path(cache_dir).expanduser() / "supernet" / key
         manifest = verify(path)
         if manifest is None:
-            if path.exists():
-                log.warning("supernet cache %s is incomplete or corrupt; rebuilding it", path)
-            log.info("building the supernet cache (%s, %d units, %s) in %s", criterion.name, space.n_units,
-                     space.granularity, path)
-            for stale in path.parent.glob(f".{key}.*.tmp"):
-                shutil.rmtree(stale, ignore_errors=True)
-            with _io.atomic_directory(path) as tmp:
-                _build(tmp, model, space, calib, config, criterion, key, key_parts, progress)
-            manifest = verify(path)
-            if manifest is None:
-                raise RuntimeError(f"the supernet cache just written to {path} does not verify")
+            with _io.locked(path):  # a second process building the same key waits, then reads it
+                manifest = verify(path)
+                if manifest is None:
+                    if path.exists():
+                        log.warning("supernet cache %s is incomplete or corrupt; rebuilding it", path)
+                    log.info("building the supernet cache (%s, %d units, %s) in %s", criterion.name, space.n_units,
+                             space.granularity, path)
+                    with _io.atomic_directory(path) as tmp:
+                        _build(tmp, model, space, calib, config, criterion, key, key_parts, progress)
+                    manifest = verify(path)
+                    if manifest is None:
+                        raise RuntimeError(f"the supernet cache just written to {path} does not verify")
         else:
             log.info("supernet cache %s verified", path)
         return cls(path, space, manifest)
@@ -223,7 +224,7 @@ def _build(tmp: Path, model, space, tokens, config, criterion, key, key_parts, p
                 hidden = outputs
             name = f"block-{b:04d}.safetensors"
             save_file({k: v.contiguous() for k, v in block_tensors.items()}, str(tmp / name))
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _io.file_sha256(tmp / name)}
+            files[name] = _io.file_entry(tmp / name)
     manifest = {
         "format": FORMAT, "key": key, "key_parts": key_parts, "criterion": criterion.name,
         "space": space.to_dict(), "units": [u.name for u in space.units], "tokens": n_tokens,

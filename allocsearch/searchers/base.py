@@ -61,7 +61,14 @@ class Searcher(ABC):
         if set(options) - known:
             raise ConfigError(f"method={cls.name!r} has no option {', '.join(sorted(set(options) - known))}; "
                               f"its options are {', '.join(sorted(known))}")
-        return cls.Options(**options)
+        try:
+            return cls.Options(**options)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # a value of the wrong type, met by a comparison or conversion
+            given = ", ".join(f"{k}={v!r}" for k, v in sorted(options.items()))
+            raise ConfigError(f"method={cls.name!r}: an option has a value of the wrong type ({given}: {exc}); "
+                              "give numbers where the option counts or measures") from None
 
     @property
     @abstractmethod

@@ -73,7 +73,8 @@ class EvolutionOptions:
         if self.init not in INITS:
             raise ConfigError(f"init={self.init!r} must be one of {', '.join(INITS)}, or a result file")
         f, s = self.fidelities, self.survivors
-        if len(f) != len(s) or not f or f[-1] != 1.0 or any(b <= a for a, b in zip(f, f[1:])) or f[0] <= 0:
+        if (len(f) != len(s) or not f or f[-1] != 1.0 or any(b <= a for a, b in zip(f, f[1:]))
+                or not all(0 < x <= 1 for x in f)):
             raise ConfigError(f"fidelities={f} must increase to 1.0, one per selection stage; survivors={s} "
                               "gives the number kept after each")
         if s[-1] != 1 or any(b > a for a, b in zip(s, s[1:])) or s[0] < 1:

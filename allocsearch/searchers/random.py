@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.problem import Problem
-from ..errors import ConfigError
+from ..errors import BudgetError, ConfigError
 from .base import Searcher
 
 
@@ -35,6 +35,9 @@ class RandomSearch(Searcher):
 
     def __init__(self, problem: Problem, *, seed: int, **options) -> None:
         super().__init__(problem, seed=seed, **options)
+        if not problem.feasible(problem.space.n_levels - 1):  # else no draw could ever be repaired
+            raise BudgetError(f"no allocation meets the limits {problem.limits}, not even every unit at its deepest "
+                              "level; raise the budget")
         self._seen: set[bytes] = set()
         self._exhausted = False
 
@@ -44,7 +47,7 @@ class RandomSearch(Searcher):
 
     def ask(self, n: int) -> list[np.ndarray]:
         asked: list[np.ndarray] = []
-        for _ in range(20 * n):  # small spaces run out of new allocations
+        for _ in range(20 * min(n, self.options.samples - len(self._seen))):  # small spaces run out of new ones
             if len(asked) == n or len(self._seen) >= self.options.samples:
                 break
             levels = self._draw()

@@ -8,11 +8,13 @@ One binary x[u, k] per unit u and valid level k (finite error and finite cost in
                 x[u, k] in {0, 1}
 
 Dividing each limit's row by its limit, and the objective by the largest error, keeps every
-coefficient near 1 whatever the metric's unit (FLOPs run to 1e12). HiGHS's branch and bound is
-deterministic (a fixed random seed, the same answer on every run) and stops at a relative gap of
-`MIP_REL_GAP`. It accepts rows violated by up to its feasibility tolerance (1e-6 of a limit), so the
-chosen levels are checked in real costs and, if one tips over, the row is tightened by the excess
-and that tolerance, and the program solved again.
+coefficient near 1 whatever the metric's unit (FLOPs run to 1e12); a limit near 0 (the tightest
+budget where whole units can go) is divided by a millionth of the metric's largest cost instead.
+HiGHS's branch and bound is deterministic (a fixed random seed, the same answer on every run) and
+stops at a relative gap of `MIP_REL_GAP`. It accepts rows violated by up to its feasibility tolerance
+(1e-6 of a limit), so the chosen levels are checked in real costs and, if one tips over, the row is
+tightened by the excess and that tolerance, and the program solved again. Where HiGHS's presolve
+fails on a program ("Solve error"), it is solved again without presolve.
 """
 
 from __future__ import annotations
@@ -66,8 +68,12 @@ def _solve(objective: np.ndarray, rows: csr_array, units: int, rhs: np.ndarray, 
                "mip_abs_gap": 1e-12, "random_seed": 0}
     with warnings.catch_warnings():  # mip_abs_gap and random_seed go to HiGHS verbatim, with a warning
         warnings.filterwarnings("ignore", "Unrecognized options", RuntimeWarning)
-        return milp(objective, integrality=np.ones(len(objective)), bounds=Bounds(0, 1),
-                    constraints=LinearConstraint(rows, lower, upper), options=options)
+        result = milp(objective, integrality=np.ones(len(objective)), bounds=Bounds(0, 1),
+                      constraints=LinearConstraint(rows, lower, upper), options=options)
+        if result.status == 4:  # SciPy's HiGHS fails in presolve on some tiny programs (cf. scipy#24141)
+            result = milp(objective, integrality=np.ones(len(objective)), bounds=Bounds(0, 1),
+                          constraints=LinearConstraint(rows, lower, upper), options={**options, "presolve": False})
+    return result
 
 
 def milp_allocate(errors: np.ndarray, costs: dict[str, np.ndarray], limits: dict[str, float], *,
@@ -102,10 +108,11 @@ def milp_allocate(errors: np.ndarray, costs: dict[str, np.ndarray], limits: dict
     scale = float(np.abs(errors[unit, level]).max()) or 1.0
     objective = errors[unit, level] / scale  # (variables,)
     one_per_unit = csr_array((np.ones(len(unit)), (unit, np.arange(len(unit)))), shape=(units, len(unit)))
-    # (metrics, variables): each cost as a share of its limit
-    shares = np.stack([tables[m][unit, level] / (abs(limit) or 1.0) for m, limit in limits.items()])
+    # (metrics, variables): each cost as a share of its limit, or of a millionth of its largest cost
+    scales = [max(abs(limit), 1e-6 * float(np.abs(tables[m][unit, level]).max())) or 1.0 for m, limit in limits.items()]
+    shares = np.stack([tables[m][unit, level] / s for m, s in zip(limits, scales)])
     rows = vstack([one_per_unit, csr_array(shares)]).tocsr()  # (units + metrics, variables)
-    rhs = np.array([np.sign(limit) if limit else 0.0 for limit in limits.values()])  # (metrics,)
+    rhs = np.array([limit / s for limit, s in zip(limits.values(), scales)])  # (metrics,)
     start = time.perf_counter()
     for _ in range(5):
         result = _solve(objective, rows, units, rhs, time_limit)

@@ -57,6 +57,9 @@ def error_slopes(problem: Problem, errors: np.ndarray) -> np.ndarray:
     for u, unit in enumerate(space.units):
         f = unit.fractions
         use = (f > 0) & (f <= 0.75) if ((f > 0) & (f <= 0.75)).any() else f > 0
+        if not use.any():  # a unit with one level removes nothing: its slope is moot, but NaN would spread
+            slopes.append(0.0)
+            continue
         a = float((f[use] * errors[u, : unit.n_levels][use]).sum() / (f[use] ** 2).sum())
         removable = table[u, 0] - table[u, unit.n_levels - 1]
         slopes.append(a / max(removable / problem.limits[problem.primary], 1e-12))

@@ -1,7 +1,8 @@
 """Moving an allocation onto the budget, one level at a time, guided by the error table.
 
 `repair` prunes more (raises levels) until every limit holds, each step taking the unit whose next
-level adds the least error per unit of cost saved on the limits still broken. `fill` then spends
+cheaper level adds the least error per unit of cost saved on the limits still broken (the next level
+may cost the same: sparse storage only beats dense past some sparsity). `fill` then spends
 what the budget leaves, each step lowering the level of the unit that removes the most error per
 unit of cost added, while every limit still holds. Costs are measured as fractions of each limit.
 """
@@ -33,19 +34,24 @@ def _step_costs(problem: Problem, levels: np.ndarray, step: int, metrics: list[s
 def repair(problem: Problem, levels: np.ndarray, errors: np.ndarray) -> np.ndarray:
     """Raise levels until every limit holds (no-op for a feasible allocation)."""
     levels = np.array(levels, dtype=np.int64)
-    idx, top = np.arange(len(levels)), problem.space.n_levels - 1
+    idx, width = np.arange(len(levels)), problem.costs.tables["flops"].shape[1]
     while True:
         total = problem.costs.total(levels)
         broken = [m for m, limit in problem.limits.items() if total[m] > limit]
         if not broken:
             return levels
-        saved = -_step_costs(problem, levels, +1, broken)  # (units,)
-        movable = (levels < top) & (saved > 0)
+        shares = sum(problem.costs.tables[m] / problem.limits[m] for m in broken)  # (units, levels), inf past
+        deeper = np.arange(width)[None, :] > levels[:, None]  # (units, levels)
+        cheaper = deeper & (shares < shares[idx, levels][:, None])  # (units, levels)
+        movable = cheaper.any(axis=1)  # (units,)
         if not movable.any():
             raise BudgetError(f"no allocation meets {', '.join(broken)}; raise the budget")
-        added = errors[idx, np.minimum(levels + 1, top)] - errors[idx, levels]
+        target = np.argmax(cheaper, axis=1)  # (units,) each unit's next cheaper level
+        saved = shares[idx, levels] - np.where(movable, shares[idx, target], 0.0)
+        added = errors[idx, target] - errors[idx, levels]
         score = np.where(movable, added / np.where(movable, saved, 1), np.inf)
-        levels[int(np.argmin(score))] += 1
+        u = int(np.argmin(score))
+        levels[u] = target[u]
 
 
 def fill(problem: Problem, levels: np.ndarray, errors: np.ndarray) -> np.ndarray:

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
-from allocsearch import Session
+from allocsearch import Session, _io
 from allocsearch.model._modules import get_module, linear_weight
 from allocsearch.model.pruners import get_criterion, removal_levels
 from allocsearch.model.supernet import verify
@@ -99,11 +101,15 @@ def test_corrupt_or_partial_cache_is_detected_and_rebuilt(damage, model_dirs, tm
 def test_leftover_temporary_build_is_ignored_and_cleaned(model_dirs, tmp_path):
     session = _fresh(model_dirs, tmp_path)
     key = session.supernet.key
-    stale = session.supernet.path.parent / f".{key}.abc.tmp"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process that has exited: its pid names a killed build
+    stale = session.supernet.path.parent / f".{key}.{dead.pid}@{_io._HOST}.abc123.tmp"
     stale.mkdir()
+    live = session.supernet.path.parent / f".{key}.{os.getpid()}@{_io._HOST}.abc123.tmp"
+    live.mkdir()  # a build in progress in a live process
     (session.supernet.path / "manifest.json").unlink()  # the finished cache is gone, a crashed build remains
     _fresh(model_dirs, tmp_path).supernet
-    assert not stale.exists()
+    assert not stale.exists() and live.exists()
 
 
 def test_evaluations_never_write_the_cache(sessions):

@@ -12,10 +12,12 @@ import urllib.request
 import numpy as np
 import optuna
 import pytest
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from allocsearch import ConfigError, Planner, Session, search
+from allocsearch import ConfigError, Planner, Result, Session, search
 from allocsearch.searchers.optuna import OptunaStudy, StudyOptions, open_storage
+from allocsearch.solvers.shaped import uniform_levels
 
 from ..tiny import free_port, synthetic_problem, tiny_config
 from .test_evolution import Interrupt, bumpy, interrupting
@@ -75,14 +77,16 @@ def test_no_evaluated_trial_exceeds_the_budget(session, tmp_path):
 
 def test_interrupt_and_resume_loses_and_repeats_nothing(session, model_dirs, cache_dir, tmp_path):
     storage = f"sqlite:///{tmp_path}/s.db"
-    run(session, "whole", storage, seed=7)
+    whole = run(session, "whole", storage, seed=7)
     for after in (9, 20):  # inside a batch's evaluation; right at a batch's end
         name = f"killed-{after}"
         with pytest.raises(Interrupt):
             run(session, name, storage, seed=7, runner=interrupting(after))
         assert any(t.state == TrialState.RUNNING for t in trials_of(name, storage)) or after % 6 == 0
         fresh = Session(tiny_config(model_dirs["gpt2"], cache_dir), progress=False)
-        run(fresh, name, storage, seed=7)
+        resumed = run(fresh, name, storage, seed=7)
+        assert resumed.evaluations == whole.evaluations == 24  # the killed run's measurements count too
+        assert resumed.history == whole.history and resumed.levels == whole.levels
         trials = trials_of(name, storage)
         assert len(trials) == 24 and all(t.state == TrialState.COMPLETE for t in trials)
         assert [t.number for t in trials] == list(range(24))
@@ -223,3 +227,121 @@ def test_a_predictor_needs_one_objective():
         StudyOptions(sampler="nsga2", predictor="gp")
     with pytest.raises(ConfigError, match="predictor='xgb' is unknown"):
         StudyOptions(predictor="xgb")
+
+
+# -- a kill anywhere: the study resumes as if never killed --------------------------------------------
+
+APPEND = JournalFileBackend.append_logs
+
+
+class Killed(BaseException):
+    """A SIGKILL in-process: no `except Exception` catches it, and the write it stops never happens."""
+
+
+def killing(monkeypatch, at: int | None) -> dict:
+    """Make journal file storages die before their write number `at` (from 0; None: never); count writes."""
+    count = {"writes": 0}
+
+    def append(backend, logs):
+        if at is not None and count["writes"] >= at:
+            raise Killed
+        count["writes"] += 1
+        APPEND(backend, logs)
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", append)
+    return count
+
+
+def measure(study, fitness) -> list[dict]:
+    """The search loop's part (ask, score on the study's fidelity, tell) and its history entries."""
+    history = []
+    while not study.done:
+        batch = study.ask(1000)
+        fidelity = study.fidelity
+        scores = [fitness(c) * (2 - fidelity) for c in batch]  # first scores differ from full ones
+        study.tell(batch, scores)
+        history += [{"levels": c.tolist(), "fidelity": fidelity, "fitness": f, "round": 0} for c, f in zip(batch, scores)]
+    return history
+
+
+def stored(study) -> list[tuple]:
+    return [(t.number, t.state, t.params, t.values, t.intermediate_values, t.user_attrs, t.system_attrs)
+            for t in study.study.get_trials(deepcopy=False)]
+
+
+KILLED = {"plain": {"trials": 8, "batch": 3, "warm_start": ("dp", "admm", "uniform")},
+          "pruned": {"trials": 8, "batch": 4, "prune": 0.5, "keep": 0.5},
+          "screened": {"trials": 12, "batch": 4, "predictor": "rbf", "screen": 2}}
+
+
+@pytest.mark.parametrize("kind", KILLED)
+def test_a_study_killed_before_any_write_resumes_as_if_never_killed(kind, tmp_path, monkeypatch):
+    problem = synthetic_problem(1, n_units=8)
+    fitness, options = bumpy(problem), {"study": "s", **KILLED[kind]}
+    count = killing(monkeypatch, None)
+    whole = OptunaStudy(problem, seed=0, storage=f"journal:///{tmp_path}/whole.log", **options)
+    history = measure(whole, fitness)
+    assert whole.history() == history  # the study's own record of its measurements is the loop's
+    for at in range(count["writes"]):  # the kill comes before write `at`: in a batch's writing, scoring, telling
+        storage = f"journal:///{tmp_path}/killed-{at}.log"
+        killing(monkeypatch, at)
+        with pytest.raises(Killed):
+            measure(OptunaStudy(problem, seed=0, storage=storage, **options), fitness)
+        killing(monkeypatch, None)
+        again = OptunaStudy(problem, seed=0, storage=storage, **options)
+        measure(again, fitness)
+        assert stored(again) == stored(whole), f"killed before write {at}"
+        assert again.history() == history and again.summary() == whole.summary()
+        assert again.best_fitness == whole.best_fitness
+
+
+def test_running_trials_a_killed_run_left_are_measured_first_and_nothing_else(tmp_path):
+    problem = synthetic_problem(2, n_units=6)
+    fitness, storage = bumpy(problem), f"journal:///{tmp_path}/s.log"
+    study = OptunaStudy(problem, seed=3, storage=storage, study="s", trials=8, batch=4)
+    study.tell(first := study.ask(100), [fitness(c) for c in first])
+    second = study.ask(100)
+    study.tell(second[:1], [fitness(second[0])])  # then the process dies, three trials RUNNING
+    states = [t.state for t in study.study.get_trials(deepcopy=False)]
+    assert states == [TrialState.COMPLETE] * 5 + [TrialState.RUNNING] * 3
+    again = OptunaStudy(problem, seed=3, storage=storage, study="s", trials=8, batch=4)
+    assert not again.done
+    assert [c.tolist() for c in again.ask(100)] == [c.tolist() for c in second[1:]]
+    again.tell(second[1:], [fitness(c) for c in second[1:]])
+    assert again.done and again.ask(100) == []
+    assert [t.state for t in again.study.get_trials(deepcopy=False)] == [TrialState.COMPLETE] * 8
+    assert [t.user_attrs["batch"] for t in again.study.get_trials(deepcopy=False)] == [0] * 4 + [1] * 4
+
+
+def test_a_study_record_a_kill_cut_short_is_completed_but_one_with_trials_is_refused(tmp_path):
+    problem = synthetic_problem(2, n_units=6)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    optuna.create_study(study_name="cut", storage=storage).set_user_attr("space", problem.space.id)
+    study = OptunaStudy(problem, seed=1, storage=storage, study="cut", trials=4, batch=4)
+    assert study.study.user_attrs["seed"] == 1 and study.study.metric_names == ["fitness"]
+    other = optuna.create_study(study_name="other", storage=storage)
+    other.set_user_attr("space", problem.space.id)
+    other.enqueue_trial({})
+    with pytest.raises(ConfigError, match=r"study='other' .* belongs to another search \(limits was None"):
+        OptunaStudy(problem, seed=1, storage=storage, study="other", trials=4, batch=4)
+
+
+def test_the_start_allocation_competes_and_the_result_counts_every_run_of_the_study(tmp_path):
+    problem = synthetic_problem(4, n_units=6)
+    fitness, storage = bumpy(problem), f"journal:///{tmp_path}/s.log"
+    options = {"study": "s", "trials": 8, "batch": 4}
+    first = OptunaStudy(problem, seed=0, storage=storage, **options)
+    first.tell(batch := first.ask(100), [fitness(c) for c in batch])  # a run stopped after one batch
+    second = OptunaStudy(problem, seed=0, storage=storage, **options)
+    start = uniform_levels(problem)
+    second.tell([start], [0.0])  # the loop measures its start allocation before any batch
+    assert second.best_fitness == 0.0 and np.array_equal(second.best_levels, start)
+    rest = measure(second, lambda c: fitness(c) / 2)  # (2 - fidelity) / 2: the fitness itself
+    entry = {"levels": start.tolist(), "fidelity": 1.0, "fitness": 0.0, "round": 0}
+    result = Result(method="optuna", budget={}, allocation={}, levels={}, cost={}, fitness=0.0, heldout=None,
+                    dense_heldout=None, seed=0, evaluations=1 + len(rest), config={}, space={},
+                    history=[entry, *rest])
+    second.finish(result)
+    assert result.evaluations == 9 and result.history[0] == entry
+    assert [h["levels"] for h in result.history[1:5]] == [c.tolist() for c in batch]  # the first run's
+    assert result.history[5:] == rest and second.study.user_attrs["best_fitness"] == 0.0
