@@ -114,10 +114,12 @@ class Budget:
             metric = KINDS[kind]
             limit = value * dense[metric] if value <= 1 else value
             if limit < minimum[metric] * (1 - 1e-12):
+                deeper = minimum[metric] > costs.constant[metric]  # some unit cannot yet be removed whole
                 raise BudgetError(
                     f"budget {kind}={value:g} is below the smallest reachable cost "
                     f"{minimum[metric] / dense[metric]:.3f} of dense ({minimum[metric]:.4g}) for this search "
-                    "space; raise the budget or allow deeper levels (max_level=)"
+                    "space; raise the budget" + (" or allow deeper levels (max_level=)" if deeper else
+                                                 " (the rest is outside the prunable units)")
                 )
             limits[metric] = max(limit, minimum[metric])  # a fraction of dense can round a hair below it
         return limits

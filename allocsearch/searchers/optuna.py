@@ -35,6 +35,7 @@ study of another search under the same name is refused.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import warnings
@@ -108,6 +109,9 @@ class StudyOptions:
         object.__setattr__(self, "warm_start", tuple(self.warm_start))
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler={self.sampler!r} must be one of {', '.join(SAMPLERS)}")
+        if self.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+            raise ConfigError("sampler='cmaes' needs the cmaes package, which Optuna's CMA-ES sampler runs on: "
+                              "pip install 'allocsearch[cmaes]' (or cmaes), or choose another sampler")
         for name in ("trials", "batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from allocsearch import Budget, BudgetError
+from allocsearch.core.cost import METRICS, CostModel
 
 
 def test_fractions_and_absolutes():
@@ -39,3 +40,12 @@ def test_limits_and_infeasible_budget_states_the_smallest_reachable_cost(session
     with pytest.raises(BudgetError, match=rf"budget flops=0.1 is below the smallest reachable cost {smallest:.3f} of dense"):
         Budget(flops=0.1).limits(costs)
     assert costs.minimum["flops"] == costs.total(np.array([4, 16, 4, 16]))["flops"]
+
+
+@pytest.mark.parametrize("deepest,hint", [(0.0, "outside the prunable units"), (2.0, r"allow deeper levels \(max_level=\)")])
+def test_the_infeasible_budget_hint_names_deeper_levels_only_where_some_exist(deepest, hint):
+    """Units that can already be removed whole leave only the constant: no deeper level would help."""
+    costs = CostModel({m: np.array([[4.0, deepest], [4.0, deepest]]) for m in METRICS}, dict.fromkeys(METRICS, 2.0),
+                      1, 2)
+    with pytest.raises(BudgetError, match=hint):
+        Budget(flops=0.1).limits(costs)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -345,3 +346,11 @@ def test_the_start_allocation_competes_and_the_result_counts_every_run_of_the_st
     assert result.evaluations == 9 and result.history[0] == entry
     assert [h["levels"] for h in result.history[1:5]] == [c.tolist() for c in batch]  # the first run's
     assert result.history[5:] == rest and second.study.user_attrs["best_fitness"] == 0.0
+
+
+def test_the_cmaes_sampler_without_its_package_is_a_clear_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cmaes" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"sampler='cmaes' needs the cmaes package.*allocsearch\[cmaes\]"):
+        StudyOptions(sampler="cmaes")
+    StudyOptions(sampler="tpe")  # the others need nothing more
