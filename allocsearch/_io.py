@@ -41,7 +41,11 @@ _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\
 
 
 def umask() -> int:
-    """This process's umask (read by setting it and setting it back)."""
+    """This process's umask: from /proc on Linux, else read by setting it and setting it back (which
+    another thread writing at that instant could notice)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
