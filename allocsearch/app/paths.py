@@ -4,22 +4,21 @@ A search can take hours; an output path it cannot write (its folder is a file, i
 folder, the folder is read-only, an image name with a suffix no plotter writes) must fail at once,
 not after the search. `check_output_file` and `check_output_dir` look at the path and probe the
 nearest existing folder by opening a nameless temporary file in it (nothing is left behind), so the
-answer holds for root and read-only file systems alike. `READ_ERRORS` are what a damaged `.npz`
-archive can raise while it is read.
+answer holds for root and read-only file systems alike. `READ_ERRORS` are what reading a damaged
+`.npz` state file can raise: `_io.read_npz`'s OSError or ValueError (it turns every zip, zlib and
+numpy failure into one), then KeyError, TypeError or IndexError from contents that are not there.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import ConfigError
 
-READ_ERRORS = (OSError, ValueError, EOFError, KeyError, TypeError, IndexError, zipfile.BadZipFile, zlib.error)
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError)
 
 
 def check_output_file(name: str, path: str | Path, *, suffixes: Iterable[str] | None = None) -> Path:
@@ -82,7 +81,8 @@ def damage(exc: BaseException) -> str:
 
     For example::
 
-        damage(zipfile.BadZipFile("Bad CRC-32 for file 'errors.npy'"))  # "Bad CRC-32 for file 'errors.npy'"
+        damage(ValueError("the file is damaged (Bad CRC-32 for file 'levels.npy')"))  # the same text
+        damage(KeyError("'seen'"))  # "it lacks 'seen'"
     """
     text = " ".join(str(exc).split())
     if "pickled" in text or "allow_pickle" in text:

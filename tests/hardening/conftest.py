@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from allocsearch import _io
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,3 +34,9 @@ def tree_digest(root: Path) -> dict[str, str]:
     """SHA-256 of every file under `root` (lock files aside), by relative path."""
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(root).rglob("*")) if p.is_file() and not p.name.endswith(".lock")}
+
+
+@pytest.fixture(scope="session")
+def model(model_dirs):
+    """The tiny GPT-2 directory the crash, corruption and concurrency tests search."""
+    return model_dirs["gpt2"]

@@ -37,7 +37,7 @@ from allocsearch.app import checkpoint
 from allocsearch.app.ray_runner import check_address, connect_timeout
 from allocsearch.core.budget import check_keeps_something
 
-from ..tiny import free_port, save_tiny, synthetic_problem
+from ..tiny import free_port, synthetic_problem
 
 
 @dataclass(frozen=True)
@@ -281,9 +281,9 @@ def _run(case: Case, w: Path, fill: dict[str, str], models: dict[str, Path]) -> 
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
+def outcomes(tmp_path_factory, model_dirs):
     root = tmp_path_factory.mktemp("bad-inputs")
-    models = {family: save_tiny(family, root / "models" / family) for family in ("gpt2", "bert")}
+    models = {family: model_dirs[family] for family in ("gpt2", "bert")}
     inputs = _inputs(root, models)
     port = free_port()  # nothing listens on it
     jobs = {}

@@ -11,15 +11,10 @@ import pytest
 from allocsearch import _io
 from allocsearch.model.supernet import verify
 
-from ..tiny import save_tiny, tiny_args
+from ..tiny import tiny_args
 from .conftest import ROOT, command, temporaries
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return save_tiny("gpt2", tmp_path_factory.mktemp("model") / "gpt2")
 
 
 @pytest.mark.parametrize("processes", [2, 4])

@@ -20,7 +20,7 @@ from allocsearch import Planner, Session, _io, search
 from allocsearch.app import checkpoint
 from allocsearch.model.default_model import TrainConfig, default_model_dir
 
-from ..tiny import save_tiny, tiny_args, tiny_config
+from ..tiny import tiny_args, tiny_config
 from .conftest import cli
 
 DAMAGE = ("flip", "truncate")
@@ -39,11 +39,6 @@ def damage(path, how: str) -> None:
 
 def _search(model, cache):
     return search("flops=0.6", method="dp", seed=0, config=tiny_config(model, cache, table="exact"), progress=False)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return save_tiny("gpt2", tmp_path_factory.mktemp("model") / "gpt2")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from allocsearch._io import verify_manifest
 from allocsearch.model.default_model import TrainConfig, default_model_dir
 from allocsearch.model.supernet import verify
 
-from ..tiny import save_tiny, tiny_args
+from ..tiny import tiny_args
 from .conftest import ROOT, cli, command, temporaries, tree_digest
 
 pytestmark = pytest.mark.slow
@@ -28,11 +28,6 @@ SEARCH = ["--budget", "flops=0.6", "--method", "evolution", "--generations", "3"
           "--table", "exact"]
 KILLED = -signal.SIGKILL
 EVALUATE = "allocsearch.app.runners:InProcessRunner.evaluate"
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return save_tiny("gpt2", tmp_path_factory.mktemp("model") / "gpt2")
 
 
 @pytest.fixture(scope="module")

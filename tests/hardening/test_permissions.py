@@ -10,7 +10,7 @@ import pytest
 
 from allocsearch import search
 
-from ..tiny import save_tiny, tiny_config
+from ..tiny import tiny_config
 
 
 @pytest.fixture
@@ -21,10 +21,9 @@ def umask():
 
 
 @pytest.mark.parametrize("mask", [0o002, 0o077])
-def test_results_caches_and_exports_follow_the_umask(tmp_path, umask, mask):
-    model = save_tiny("gpt2", tmp_path / "model")
+def test_results_caches_and_exports_follow_the_umask(model_dirs, tmp_path, umask, mask):
     umask(mask)
-    search("flops=0.6", seed=0, config=tiny_config(model, tmp_path / "cache"), out=tmp_path / "out" / "result.json",
+    search("flops=0.6", seed=0, config=tiny_config(model_dirs["gpt2"], tmp_path / "cache"), out=tmp_path / "out" / "result.json",
            export_dir=tmp_path / "out" / "pruned", progress=False)
     written = [p for root in ("cache", "out") for p in (tmp_path / root).rglob("*")]
     assert any(p.is_dir() for p in written) and any(p.name == "model.safetensors" for p in written)
